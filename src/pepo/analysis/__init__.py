@@ -1,0 +1,1 @@
+"""Looking inside runs: training curves, token-level analyses."""

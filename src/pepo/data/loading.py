@@ -1,0 +1,186 @@
+"""Turn any question/image/answer dataset into RL rows, validated before training starts.
+
+Output rows (the format ``PEPOTrainer`` consumes): ``prompt`` (conversational, question text
+first, then one image part per image), ``images`` (list of PIL images), ``answer`` (str), ``id``.
+Other columns are kept and reach the reward functions as keyword arguments, as in TRL.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset, DatasetDict, load_dataset
+from PIL import Image
+
+__all__ = ["DataError", "resolve_image", "to_rl_rows", "load_rl_data", "validate_rl_rows"]
+
+
+class DataError(ValueError):
+    """A dataset row that cannot be trained on; the message names split, row and field."""
+
+
+def _safe_join(root: Path, relative: str, where: str) -> Path:
+    root = root.resolve()
+    path = (root / relative).resolve()
+    if os.path.commonpath([root, path]) != str(root):
+        raise DataError(f"{where}: image path {relative!r} escapes image_root {root}; refusing to read it.")
+    return path
+
+
+def resolve_image(value: Any, image_root: str | None, where: str) -> Image.Image:
+    """Load one image given as PIL, a datasets ``{"bytes", "path"}`` dict, or a file path.
+
+    Relative paths resolve against ``image_root`` and may not leave it. Raises :class:`DataError`
+    naming ``where`` (split/row/field) when the image is missing or unreadable.
+    """
+    try:
+        if isinstance(value, Image.Image):
+            return value.convert("RGB")
+        if isinstance(value, dict) and value.get("bytes"):
+            return Image.open(io.BytesIO(value["bytes"])).convert("RGB")
+        if isinstance(value, dict) and value.get("path"):
+            value = value["path"]
+        if isinstance(value, (str, os.PathLike)) and str(value):
+            path = Path(value)
+            if not path.is_absolute():
+                path = _safe_join(Path(image_root or "."), str(value), where)
+            if not path.is_file():
+                raise DataError(f"{where}: image file {path} does not exist (set --image_root to its folder).")
+            with Image.open(path) as im:
+                return im.convert("RGB")
+    except DataError:
+        raise
+    except Exception as err:  # PIL raises many types for corrupt files
+        raise DataError(f"{where}: image could not be read ({type(err).__name__}: {err}).") from err
+    raise DataError(f"{where}: no image (got {type(value).__name__}); every row needs an image.")
+
+
+def _prompt(question: str, n_images: int) -> list[dict]:
+    # Question before the image(s): tiny models condition on the question far better this way, and
+    # for large ones the order does not matter measurably.
+    content = [{"type": "text", "text": question}] + [{"type": "image"} for _ in range(n_images)]
+    return [{"role": "user", "content": content}]
+
+
+def to_rl_rows(
+    dataset: Dataset,
+    split: str,
+    image_column: str = "image",
+    question_column: str = "question",
+    answer_column: str = "answer",
+    image_root: str | None = None,
+    skip_invalid_rows: bool = False,
+) -> tuple[Dataset, int]:
+    """Map a raw dataset to RL rows, validating every row.
+
+    Returns:
+        ``(rows, n_skipped)``. Without ``skip_invalid_rows`` the first invalid row raises
+        :class:`DataError` naming split, row index, id and field.
+    """
+    missing = [c for c in (image_column, question_column, answer_column) if c not in dataset.column_names]
+    if missing:
+        raise DataError(
+            f"split {split!r}: column(s) {missing} not found; columns are {dataset.column_names}. "
+            "Map yours with --image_column / --question_column / --answer_column."
+        )
+    records, skipped, seen = [], 0, set()
+    for i, row in enumerate(dataset):
+        row_id = str(row.get("id", i))
+        where = f"split {split!r} row {i} (id {row_id})"
+        try:
+            if row_id in seen:
+                raise DataError(f"{where}: duplicate id {row_id!r}.")
+            raw_images = row[image_column]
+            raw_images = raw_images if isinstance(raw_images, list) else [raw_images]
+            if not raw_images:
+                raise DataError(f"{where}, field {image_column!r}: empty image list; every row needs an image.")
+            images = [resolve_image(v, image_root, f"{where}, field {image_column!r}") for v in raw_images]
+            question = row[question_column]
+            if not isinstance(question, str) or not question.strip():
+                raise DataError(f"{where}, field {question_column!r}: empty question.")
+            answer = row[answer_column]
+            if answer is None or not str(answer).strip():
+                raise DataError(f"{where}, field {answer_column!r}: empty answer; rewards need a ground truth.")
+        except DataError:
+            if not skip_invalid_rows:
+                raise
+            skipped += 1
+            continue
+        seen.add(row_id)
+        extra = {k: v for k, v in row.items() if k not in (image_column, question_column, answer_column, "id")}
+        extra = {k: v for k, v in extra.items() if not isinstance(v, Image.Image)}
+        records.append(
+            {"id": row_id, "prompt": _prompt(question, len(images)), "images": images, "answer": str(answer), **extra}
+        )
+    if not records:
+        raise DataError(f"split {split!r}: no valid rows ({skipped} skipped).")
+    return Dataset.from_list(records), skipped
+
+
+def validate_rl_rows(dataset: Dataset, split: str) -> None:
+    """Check rows already in RL form (``prompt``, ``images``, ``answer``); raise :class:`DataError` otherwise."""
+    for field in ("prompt", "images", "answer"):
+        if field not in dataset.column_names:
+            raise DataError(f"split {split!r}: column {field!r} missing; columns are {dataset.column_names}.")
+    for i, row in enumerate(dataset):
+        if not row["images"]:
+            raise DataError(f"split {split!r} row {i}, field 'images': no image.")
+        if not str(row["answer"]).strip():
+            raise DataError(f"split {split!r} row {i}, field 'answer': empty answer.")
+        n_parts = sum(
+            1 for m in row["prompt"] for p in (m["content"] if isinstance(m["content"], list) else [])
+            if p.get("type") == "image"
+        )
+        if n_parts != len(row["images"]):
+            raise DataError(
+                f"split {split!r} row {i}, field 'prompt': {n_parts} image placeholders for {len(row['images'])} images."
+            )
+
+
+def _load_raw(dataset: str, config: str | None) -> DatasetDict:
+    path = Path(dataset)
+    if path.is_file():
+        builder = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(path.suffix)
+        if builder is None:
+            raise DataError(f"dataset {dataset}: unsupported file type {path.suffix!r} (use .jsonl, .json, .parquet).")
+        return load_dataset(builder, data_files={"train": str(path)})
+    if path.is_dir():
+        return load_dataset(str(path), config)
+    if dataset.startswith((".", "/", "~")):
+        raise DataError(f"dataset {dataset}: no such file or folder.")
+    return load_dataset(dataset, config)  # hub id (needs network or a local HF cache)
+
+
+def load_rl_data(args: Any, seed: int = 0) -> tuple[DatasetDict, dict[str, int]]:
+    """Load ``args.dataset`` (see :class:`pepo.config.ScriptArguments`) as validated RL rows.
+
+    Returns:
+        ``(splits, skipped)``: a DatasetDict with ``train`` and, if configured, ``test``; and the
+        number of invalid rows skipped per split.
+    """
+    if args.dataset == "synthetic":
+        from pepo.data.synthetic import make_splits
+
+        raw = make_splits(args.num_train, args.num_test, seed=seed)
+        out = DatasetDict({name: split.map(lambda r: {"images": [r["image"]]}, remove_columns=["image"])
+                           for name, split in raw.items()})
+        for name, split in out.items():
+            validate_rl_rows(split, name)
+        return out, {name: 0 for name in out}
+    raw = _load_raw(args.dataset, args.dataset_config)
+    wanted = [args.train_split] + ([args.test_split] if args.test_split else [])
+    out, skipped = DatasetDict(), {}
+    for role, split in zip(("train", "test"), wanted):
+        if split not in raw:
+            raise DataError(f"dataset {args.dataset}: split {split!r} not found; available: {list(raw)}.")
+        data = raw[split]
+        if role == "test" and args.num_test and len(data) > args.num_test:
+            data = data.select(range(args.num_test))
+        out[role], skipped[role] = to_rl_rows(
+            data, split, args.image_column, args.question_column, args.answer_column,
+            args.image_root, getattr(args, "skip_invalid_rows", False),
+        )
+    return out, skipped

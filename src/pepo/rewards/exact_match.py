@@ -1,0 +1,43 @@
+"""Exact-match accuracy on the ``<answer>`` span: the reward for short, closed-form answers."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Any
+
+__all__ = ["completion_text", "extract_answer", "normalize_answer", "exact_match_reward"]
+
+_ANSWER_SPAN = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+
+
+def completion_text(completion: Any) -> str:
+    """Plain text of a TRL completion: a string, or a list of messages (last assistant content)."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list) and completion:
+        content = completion[-1].get("content", "") if isinstance(completion[-1], dict) else completion[-1]
+        if isinstance(content, list):  # content parts
+            return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        return str(content)
+    return ""
+
+
+def extract_answer(text: str) -> str:
+    """The first ``<answer>...</answer>`` span if there is one, else the whole text, stripped."""
+    match = _ANSWER_SPAN.search(text)
+    return (match.group(1) if match else text).strip()
+
+
+def normalize_answer(text: str) -> str:
+    """NFKC, casefold, collapse whitespace, drop a trailing full stop."""
+    text = " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+    return text.rstrip(".。").strip()
+
+
+def exact_match_reward(completions: list[Any], answer: list[str], **_: Any) -> list[float]:
+    """1.0 when the normalised prediction equals the normalised ground truth ``answer``, else 0.0."""
+    return [
+        float(normalize_answer(extract_answer(completion_text(c))) == normalize_answer(str(a)))
+        for c, a in zip(completions, answer)
+    ]

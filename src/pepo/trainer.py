@@ -1,0 +1,265 @@
+"""``PEPOConfig`` / ``PEPOTrainer``: PEPO on top of TRL's ``GRPOConfig`` / ``GRPOTrainer``.
+
+How PEPO enters TRL's loss, touching as little of TRL as possible:
+
+* TRL's ``_compute_loss`` runs one training forward through
+  ``_get_per_token_logps_and_entropies``. We wrap that method: while it runs,
+  :class:`pepo.hooks.VisualScoreCapture` reduces every hidden state to a (B, C) visual-similarity
+  score as it appears (no second forward, no hidden-state stack, no C x V matrix). TRL already
+  returns the entropy of the distribution that produced each completion token.
+* From the scores and entropies we build detached token weights w (B, C) and the schedule
+  s = 1 - p + p * w with p = global_step / max_steps, and hand TRL a token-level advantage
+  A_i * s_t. TRL's ``_compute_loss`` accepts (B, T) advantages for exactly this purpose. Because
+  s >= 0, ``-min(r * A * s, clip(r) * A * s) = s * -min(r * A, clip(r) * A)``: the weights multiply
+  the clipped surrogate only, and the KL term (added separately by TRL) stays unweighted. This holds
+  for every loss type whose surrogate is linear in A (grpo, bnpo, dr_grpo, dapo).
+
+``tests/test_trl_contract.py`` fails loudly if TRL changes the two methods we rely on.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from trl import GRPOConfig, GRPOTrainer
+
+from pepo.hooks import VisualScoreCapture
+from pepo.weights import (
+    exploration_only_weights,
+    fallback_rows,
+    pepo_token_weights,
+    perception_only_weights,
+    rows_without_image,
+    scheduled_weights,
+)
+
+__all__ = ["METHODS", "PEPOConfig", "PEPOTrainer"]
+
+#: method name -> one-line description (shown by ``pepo train --help`` and in the docs).
+METHODS: dict[str, str] = {
+    "grpo": "GRPO: every token of a response shares its sequence advantage (baseline).",
+    "pepo": "PEPO: perception prior gated by entropy, w = n * softmax(VS * (1 + alpha * tanh(centred)) / tau).",
+    "perception_only": "Ablation: gate off (alpha = 0), w = n * softmax(VS / tau).",
+    "exploration_only": "Ablation: entropy only, w = n * softmax(min-max-normalised entropy / tau).",
+    "high_entropy": "High-Entropy RL baseline: only the top `high_entropy_quantile` tokens by entropy train.",
+}
+_WEIGHTED_METHODS = ("pepo", "perception_only", "exploration_only")
+_SCORE_TYPES = ("cosine", "dot", "l2", "l1")
+_PERCENTILES = (0, 20, 40, 60, 80, 100)
+
+
+@dataclass
+class PEPOConfig(GRPOConfig):
+    """GRPOConfig plus PEPO's options. Every GRPOConfig field keeps its TRL meaning.
+
+    Defaults follow the paper's public release at commit 2b1e788 (alpha 0.05, tau 1.8, cosine,
+    all hidden states); recipes name their own values and say where each comes from.
+    """
+
+    method: str = field(
+        default="pepo",
+        metadata={"help": "Token weighting: " + "; ".join(f"`{k}` {v}" for k, v in METHODS.items())},
+    )
+    gate_alpha: float = field(
+        default=0.05,
+        metadata={"help": "Gate strength alpha in g_t = 1 + alpha * tanh(centred joint score). 0 disables the gate."},
+    )
+    gate_temperature: float = field(
+        default=1.8, metadata={"help": "Softmax temperature tau of the token weights (> 0); larger is flatter."}
+    )
+    vision_score_type: str = field(
+        default="cosine",
+        metadata={"help": "Hidden-state similarity to image tokens: cosine (default), dot, l2 (negative L2), l1."},
+    )
+    vision_layers: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Indices of the hidden states to average (0 = embedding output, -1 = final norm output). "
+            "Default: all L+1, as in the paper."
+        },
+    )
+    image_token: str | None = field(
+        default=None,
+        metadata={
+            "help": "Image placeholder token (e.g. `<|image_pad|>`, `<IMG_CONTEXT>`). Default: read from the "
+            "model config / processor."
+        },
+    )
+    high_entropy_quantile: float = field(
+        default=0.2,
+        metadata={"help": "For method `high_entropy`: fraction of highest-entropy tokens that train (paper: 0.2)."},
+    )
+    log_token_stats: bool = field(
+        default=True,
+        metadata={
+            "help": "Also compute and log visual similarity / entropy for methods that do not use them "
+            "(grpo, high_entropy), so training dynamics can be compared across methods."
+        },
+    )
+    detach_weights: bool = field(
+        default=True,
+        metadata={
+            "help": "Stop gradients through the token weights. Keep True: on-policy the gradient is identical "
+            "(tested), off-policy it is the intended one, and it saves memory. False exists for verification."
+        },
+    )
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method={self.method!r} is not known; choose one of {sorted(METHODS)}.")
+        if self.vision_score_type not in _SCORE_TYPES:
+            raise ValueError(
+                f"vision_score_type={self.vision_score_type!r} is not known; choose one of {list(_SCORE_TYPES)}."
+            )
+        if self.gate_temperature <= 0:
+            raise ValueError(f"gate_temperature must be > 0, got {self.gate_temperature}.")
+        if self.gate_alpha < 0:
+            raise ValueError(f"gate_alpha must be >= 0, got {self.gate_alpha}.")
+        if not 0 < self.high_entropy_quantile <= 1:
+            raise ValueError(f"high_entropy_quantile must be in (0, 1], got {self.high_entropy_quantile}.")
+        if self.method == "high_entropy":
+            # TRL implements the token mask of High-Entropy RL (Wang et al., 2025) as `top_entropy_quantile`.
+            self.top_entropy_quantile = self.high_entropy_quantile
+        super().__post_init__()
+
+    @property
+    def uses_token_weights(self) -> bool:
+        """True when the method reweights tokens (pepo and its two ablations)."""
+        return self.method in _WEIGHTED_METHODS
+
+
+class PEPOTrainer(GRPOTrainer):
+    """GRPOTrainer whose policy loss is reweighted token by token with PEPO.
+
+    Takes the same arguments as ``trl.GRPOTrainer``; ``args`` must be a :class:`PEPOConfig`.
+    With ``method="grpo"`` it is TRL's GRPO (plus PEPO's diagnostic metrics when
+    ``log_token_stats``).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.args, PEPOConfig):
+            raise TypeError(f"PEPOTrainer needs `args` to be a PEPOConfig, got {type(self.args).__name__}.")
+        from pepo.models.loading import image_token_id  # transformers-dependent, kept out of pepo.weights
+
+        self.image_token_id = image_token_id(self.model, self.processing_class, image_token=self.args.image_token)
+        needs_scores = self.args.method in ("pepo", "perception_only") or self.args.log_token_stats
+        self._capture = (
+            VisualScoreCapture(self.model, self.args.vision_score_type, self.args.vision_layers)
+            if needs_scores
+            else None
+        )
+        self._pepo_inputs: dict[str, Any] | None = None
+        self.last_token_stats: dict[str, torch.Tensor] | None = None  # last micro-batch, for inspection
+
+    @property
+    def progress(self) -> float:
+        """PEPO's schedule p = global_step / max_steps, in [0, 1]."""
+        if self.state.max_steps <= 0:
+            return 0.0
+        return min(1.0, max(0.0, self.state.global_step / self.state.max_steps))
+
+    def _compute_loss(self, model, inputs):
+        # The buffered generation batch is reused across `num_iterations`; never mutate it.
+        self._pepo_inputs = dict(inputs)
+        try:
+            return super()._compute_loss(model, self._pepo_inputs)
+        finally:
+            self._pepo_inputs = None
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+        inputs, self._pepo_inputs = self._pepo_inputs, None  # only the policy forward inside _compute_loss
+        if inputs is None:
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+            )
+        vision_mask = input_ids == self.image_token_id
+        with_grad = not self.args.detach_weights
+        if self._capture is not None:
+            with self._capture.record(vision_mask, logits_to_keep, with_grad=with_grad):
+                logps, entropies, aux = super()._get_per_token_logps_and_entropies(
+                    model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+                )
+            scores, hook_seconds = self._capture.scores, self._capture.seconds
+        else:
+            logps, entropies, aux = super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+            )
+            scores, hook_seconds = None, 0.0
+        self._apply_token_weights(inputs, vision_mask, scores, entropies, hook_seconds)
+        return logps, entropies, aux
+
+    def _apply_token_weights(self, inputs, vision_mask, scores, entropies, hook_seconds: float) -> None:
+        start = time.perf_counter()
+        method = self.args.method
+        mask = inputs["completion_mask"].bool()
+        if "tool_mask" in inputs:
+            mask = mask & inputs["tool_mask"].bool()
+        if entropies is not None and self.args.detach_weights:
+            entropies = entropies.detach()
+        no_image = rows_without_image(vision_mask)
+        weights, fallback = None, None
+        if method in ("pepo", "perception_only"):
+            zeros = torch.zeros_like(scores)
+            ent = entropies if method == "pepo" else zeros
+            fallback = fallback_rows(scores, ent, mask, no_image_rows=no_image)
+            if method == "pepo":
+                weights = pepo_token_weights(
+                    scores, ent, mask, self.args.gate_alpha, self.args.gate_temperature, no_image_rows=no_image
+                )
+            else:
+                weights = perception_only_weights(scores, mask, self.args.gate_temperature, no_image_rows=no_image)
+        elif method == "exploration_only":
+            fallback = fallback_rows(torch.zeros_like(entropies), entropies, mask)
+            weights = exploration_only_weights(entropies, mask, self.args.gate_temperature)
+        if weights is not None:
+            advantages = inputs["advantages"]
+            if advantages.dim() == 1:
+                advantages = advantages.unsqueeze(1)
+            inputs["advantages"] = advantages * scheduled_weights(weights, self.progress)
+        seconds = hook_seconds + time.perf_counter() - start
+        self._log_token_stats(mask, scores, entropies, weights, fallback, seconds)
+
+    @torch.no_grad()
+    def _log_token_stats(self, mask, scores, entropies, weights, fallback, seconds: float) -> None:
+        mode = "train" if self.model.training else "eval"
+        metrics = self._metrics[mode]
+        maskf = mask.float()
+
+        def global_masked_mean(x: torch.Tensor) -> float:
+            totals = torch.stack([(x.float() * maskf).sum(), maskf.sum()])
+            totals = self.accelerator.reduce(totals, reduction="sum")
+            return (totals[0] / totals[1].clamp(min=1.0)).item()
+
+        metrics["pepo/progress"].append(self.progress)
+        metrics["pepo/overhead_ms"].append(seconds * 1000.0)
+        if scores is not None:
+            finite = torch.where(torch.isfinite(scores), scores.detach(), torch.zeros_like(scores))
+            metrics["pepo/vs_mean"].append(global_masked_mean(finite))
+        if entropies is not None:
+            metrics["pepo/entropy_mean"].append(global_masked_mean(entropies))
+        self.last_token_stats = {
+            "scores": None if scores is None else scores.detach().cpu(),
+            "entropies": None if entropies is None else entropies.detach().cpu(),
+            "weights": None if weights is None else weights.detach().cpu(),
+            "mask": mask.cpu(),
+        }
+        if weights is None:
+            return
+        n_fallback = self.accelerator.reduce(fallback.sum().float(), reduction="sum")
+        metrics["pepo/uniform_fallback_rows"].append(n_fallback.item())
+        # Every rank must join the gather, even one whose mask is empty, or the job hangs.
+        valid = weights.detach()[mask].float()
+        padded = self.accelerator.pad_across_processes(valid, dim=0, pad_index=-1.0)
+        gathered = self.accelerator.gather(padded)
+        gathered = gathered[gathered >= 0]
+        if gathered.numel() == 0:
+            return
+        if gathered.numel() > 1_000_000:  # torch.quantile's input limit; a strided sample is plenty
+            gathered = gathered[:: gathered.numel() // 1_000_000 + 1]
+        qs = torch.quantile(gathered, torch.tensor([p / 100 for p in _PERCENTILES], device=gathered.device))
+        for p, q in zip(_PERCENTILES, qs.tolist()):
+            metrics[f"pepo/weight_p{p}"].append(q)
