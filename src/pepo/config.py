@@ -74,6 +74,9 @@ class ScriptArguments:
     warm_start_target: float = field(
         default=0.40, metadata={"help": "Stop the warm start at this held-out accuracy (leave room for RL)."}
     )
+    warm_start_min_accuracy: float = field(
+        default=0.30, metadata={"help": "A warm start ending below this held-out accuracy is retried, then fails."}
+    )
     warm_start_retries: int = field(
         default=3, metadata={"help": "Re-initialise and retry a warm start that stays near chance (embedded model)."}
     )
@@ -87,7 +90,6 @@ class ScriptArguments:
     )
     torch_dtype: str = field(default="auto", metadata={"help": "Model dtype for real checkpoints: auto, bfloat16, float32."})
     attn_implementation: str | None = field(default=None, metadata={"help": "e.g. sdpa, flash_attention_2."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow hub code for custom architectures."})
     use_peft: bool = field(default=False, metadata={"help": "Train a LoRA adapter instead of all weights."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
@@ -126,6 +128,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+
+
 def parse_train_args(argv: Sequence[str], base: dict[str, Any] | None = None) -> tuple[ScriptArguments, PEPOConfig]:
     """Parse ``[--config FILE] [--key value ...]`` into (ScriptArguments, PEPOConfig).
 
@@ -139,6 +147,10 @@ def parse_train_args(argv: Sequence[str], base: dict[str, Any] | None = None) ->
             raise ConfigError("--config needs a file path.")
         values.update(load_yaml(argv[i + 1]))
         del argv[i : i + 2]
+    explicit = set(values) | {a[2:].split("=", 1)[0] for a in argv if a.startswith("--")}
+    if "bf16" not in explicit and not _has_accelerator():
+        # TRL's GRPOConfig defaults to bf16, which stops a CPU-only machine before it starts.
+        values["bf16"] = False
     parser = HfArgumentParser((ScriptArguments, PEPOConfig))
     parser.set_defaults(**values)
     for token in argv:

@@ -68,19 +68,22 @@ def evaluate_accuracy(
     return result
 
 
-def build_model(script_args: ScriptArguments, data: Any, seed: int, log: Callable[[str], None] = print):
+def build_model(
+    script_args: ScriptArguments, training_args: PEPOConfig, data: Any, log: Callable[[str], None] = print
+):
     """Load a real checkpoint, or build the embedded tiny Qwen2.5-VL and warm-start it.
 
     Returns:
         ``(model, processor, warm_start_steps)``.
     """
+    seed = training_args.seed
     if script_args.model_name_or_path != EMBEDDED:
         from pepo.models.loading import load_model_and_processor
 
         model, processor = load_model_and_processor(
             script_args.model_name_or_path,
             torch_dtype=script_args.torch_dtype,
-            trust_remote_code=script_args.trust_remote_code,
+            trust_remote_code=training_args.trust_remote_code,
             attn_implementation=script_args.attn_implementation,
         )
         return model, processor, 0
@@ -101,6 +104,7 @@ def build_model(script_args: ScriptArguments, data: Any, seed: int, log: Callabl
         max_steps=script_args.warm_start_steps,
         learning_rate=script_args.warm_start_learning_rate,
         target_accuracy=script_args.warm_start_target,
+        min_accuracy=script_args.warm_start_min_accuracy,
     )
     for attempt in range(max(1, script_args.warm_start_retries)):
         model, processor = build_tiny_qwen2_5_vl(tokenizer, seed=seed + 1000 * attempt)
@@ -149,7 +153,7 @@ def run_training(
     reward_funcs = get_reward_funcs(script_args.reward_funcs)
 
     start = time.perf_counter()
-    model, processor, ws_steps = build_model(script_args, data, seed, log)
+    model, processor, ws_steps = build_model(script_args, training_args, data, log)
     from pepo.models.loading import image_token_id
 
     image_token_id(model, processor, image_token=training_args.image_token)  # fails early, naming the fix

@@ -74,10 +74,10 @@ def warm_start(
     seed: int = 0,
     show_progress: bool = True,
 ) -> WarmStartResult:
-    """Train ``model`` on ``train`` rows (``prompt``, ``image``, ``answer``) until held-out accuracy is reached.
+    """Train ``model`` on ``train`` rows (``prompt``, ``images``, ``answer``) until held-out accuracy is reached.
 
     Args:
-        train, held_out: datasets with columns ``prompt``, ``image``, ``answer``.
+        train, held_out: datasets with columns ``prompt``, ``images``, ``answer``.
         score: ``score(completions, answers) -> accuracy in [0, 1]``.
 
     Returns:
@@ -91,7 +91,7 @@ def warm_start(
 
     def evaluate() -> float:
         outs = generate_completions(
-            model, processor, held_out["prompt"], held_out["image"], config.max_new_tokens,
+            model, processor, held_out["prompt"], held_out["images"], config.max_new_tokens,
             show_progress=False,
         )
         return score([o[0] for o in outs], list(held_out["answer"]))
@@ -105,7 +105,7 @@ def warm_start(
         idx, order = order[: config.batch_size], order[config.batch_size :]
         rows = train.select(idx)
         batch = encode_prompts(
-            processor, rows["prompt"], rows["image"], [answer_completion(a) + processor.tokenizer.eos_token for a in rows["answer"]]
+            processor, rows["prompt"], rows["images"], [answer_completion(a) + processor.tokenizer.eos_token for a in rows["answer"]]
         )
         loss = completion_loss(model, {k: v.to(device) for k, v in batch.items()})
         optimizer.zero_grad(set_to_none=True)
