@@ -92,13 +92,13 @@ def test_processor_expands_image_tokens(tiny, batch):
     assert batch["image_grid_thw"].tolist() == [[1, 8, 8]]
     patch_dim = 3 * SPEC.temporal_patch_size * SPEC.patch_size**2
     assert tuple(batch["pixel_values"].shape) == (64, patch_dim)
-    # any square image is resized to image_size x image_size -> same token count
-    big = processor(
-        text=[processor.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=False)],
-        images=[Image.new("RGB", (300, 300), "blue")],
-        return_tensors="pt",
-    )
-    assert big["image_grid_thw"].tolist() == [[1, 8, 8]]
+    # any square image is resized to image_size x image_size -> same token count (300 and 30 are sizes
+    # that min_pixels == max_pixels == 112**2 would get wrong through smart_resize's float rounding)
+    text = processor.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=False)
+    for side in (30, 111, 113, 224, 300):
+        other = processor(text=[text], images=[Image.new("RGB", (side, side), "blue")], return_tensors="pt")
+        assert other["image_grid_thw"].tolist() == [[1, 8, 8]], side
+        assert int((other["input_ids"] == model.config.image_token_id).sum()) == 16
 
 
 def test_forward_hidden_states_and_size(tiny, batch):
@@ -171,6 +171,15 @@ def test_without_video_processor_is_noop_for_image_only_classes():
     assert cls is without_video_processor(Qwen2_5_VLProcessor)  # cached
     assert "video_processor" not in cls.get_attributes()
     assert without_video_processor(cls) is cls
+
+
+def test_image_only_processor_rejects_videos(tiny):
+    _, processor = tiny
+    if hasattr(processor, "video_processor"):
+        pytest.skip("stock processor with a video processor (torchvision installed)")
+    frames = [Image.new("RGB", (112, 112))] * 2
+    with pytest.raises(NotImplementedError, match="torchvision"):
+        processor(text=["<|vision_start|><|video_pad|><|vision_end|>"], videos=[frames])
 
 
 # ----------------------------------------------------------------------------------------- image_token_id

@@ -19,12 +19,17 @@ How PEPO enters TRL's loss, touching as little of TRL as possible:
 
 from __future__ import annotations
 
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from accelerate.utils import is_peft_model
+from transformers import PreTrainedModel
 from trl import GRPOConfig, GRPOTrainer
+
 
 from pepo.hooks import VisualScoreCapture
 from pepo.weights import (
@@ -131,6 +136,33 @@ class PEPOConfig(GRPOConfig):
         return self.method in _WEIGHTED_METHODS
 
 
+@contextmanager
+def _reference_is_snapshot_of(model: Any, args: Any, peft_config: Any):
+    """Make TRL's KL reference model equal to the weights passed in, not to the checkpoint on disk.
+
+    TRL rebuilds the reference by reloading ``model.config._name_or_path``. For a model object that
+    was changed in memory (a warm start, a model built in code) that path is wrong or missing, so we
+    save the object to a temporary directory for the duration of ``GRPOTrainer.__init__``.
+    """
+    needs_snapshot = (
+        isinstance(model, PreTrainedModel)
+        and getattr(args, "beta", 0.0) != 0.0
+        and peft_config is None
+        and not is_peft_model(model)
+    )
+    if not needs_snapshot:
+        yield
+        return
+    original = model.config._name_or_path
+    with tempfile.TemporaryDirectory(prefix="pepo-ref-") as tmp:
+        model.save_pretrained(tmp)
+        model.config._name_or_path = tmp
+        try:
+            yield
+        finally:
+            model.config._name_or_path = original
+
+
 class PEPOTrainer(GRPOTrainer):
     """GRPOTrainer whose policy loss is reweighted token by token with PEPO.
 
@@ -139,8 +171,10 @@ class PEPOTrainer(GRPOTrainer):
     ``log_token_stats``).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+    def __init__(self, model: Any, *args: Any, **kwargs: Any):
+        training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+        with _reference_is_snapshot_of(model, training_args, kwargs.get("peft_config")):
+            super().__init__(model, *args, **kwargs)
         if not isinstance(self.args, PEPOConfig):
             raise TypeError(f"PEPOTrainer needs `args` to be a PEPOConfig, got {type(self.args).__name__}.")
         from pepo.models.loading import image_token_id  # transformers-dependent, kept out of pepo.weights

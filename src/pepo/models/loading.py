@@ -77,6 +77,16 @@ def without_video_processor(processor_cls: type) -> type:
             processor_dict = {k: v for k, v in processor_dict.items() if k != "video_processor"}
             return super().from_args_and_dict(args, processor_dict, **kwargs)
 
+        def __call__(self, *args, **kwargs):
+            # ProcessorMixin would silently skip `videos` without a video_processor; fail loudly instead.
+            # (Positional order of ProcessorMixin.__call__: images, text, videos, audio.)
+            if kwargs.get("videos") is not None or (len(args) > 2 and args[2] is not None):
+                raise NotImplementedError(
+                    f"{processor_cls.__name__} was built without a video processor (torchvision is not "
+                    "installed); install torchvision to process videos."
+                )
+            return super().__call__(*args, **kwargs)
+
     _ImageOnlyProcessor.__name__ = processor_cls.__name__
     _ImageOnlyProcessor.__qualname__ = f"without_video_processor({processor_cls.__qualname__})"
     _ImageOnlyProcessor.__module__ = __name__

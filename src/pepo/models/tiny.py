@@ -257,12 +257,17 @@ def _finish(model_cls, config, tokenizer, spec: TinyVLMSpec, seed: int, processo
         pad_token_id=ids["<|endoftext|>"],
     )
 
-    # PIL backend: works without torchvision. min_pixels == max_pixels == image_size**2 makes Qwen's
-    # smart_resize map every *square* image to exactly image_size x image_size (non-square images keep
-    # roughly that area at their aspect ratio, so their token count differs).
+    # PIL backend: works without torchvision. Qwen's smart_resize snaps sides to multiples of
+    # factor = patch_size * merge_size (28) and scales the area into [min_pixels, max_pixels]. With
+    # min_pixels == max_pixels == image_size**2 exactly, its float floor/ceil sends many square sizes to the
+    # neighbouring grid (e.g. 300x300 -> 84x84, 30x30 -> 140x140); a margin of half a factor^2 cell on each
+    # side (areas come in multiples of factor^2) keeps the target area the only admissible one, so *every
+    # square image* becomes exactly image_size x image_size = spec.image_tokens tokens. Non-square images
+    # keep roughly that area at their aspect ratio, so their token count differs (pad them to square).
+    cell = (spec.patch_size * spec.spatial_merge_size) ** 2
     image_processor = Qwen2VLImageProcessorPil(
-        min_pixels=spec.image_size**2,
-        max_pixels=spec.image_size**2,
+        min_pixels=spec.image_size**2 - cell // 2,
+        max_pixels=spec.image_size**2 + cell // 2,
         patch_size=spec.patch_size,
         temporal_patch_size=spec.temporal_patch_size,
         merge_size=spec.spatial_merge_size,
