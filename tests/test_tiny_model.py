@@ -173,6 +173,17 @@ def test_without_video_processor_is_noop_for_image_only_classes():
     assert without_video_processor(cls) is cls
 
 
+def test_image_only_processor_pickles(tiny, batch):
+    import pickle
+
+    _, processor = tiny
+    clone = pickle.loads(pickle.dumps(processor))
+    assert type(clone) is type(processor)
+    text = clone.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=False)
+    again = clone(text=[text], images=[Image.new("RGB", (112, 112), "red")], return_tensors="pt")
+    assert torch.equal(again["input_ids"], batch["input_ids"])
+
+
 def test_image_only_processor_rejects_videos(tiny):
     _, processor = tiny
     if hasattr(processor, "video_processor"):

@@ -48,6 +48,20 @@ def torchvision_available() -> bool:
 
 
 _NO_VIDEO_CLASSES: dict[type, type] = {}
+_IMAGE_ONLY_SUFFIX = "_ImageOnly"
+
+
+def __getattr__(name: str):
+    """``pepo.models.loading.<ProcessorName>_ImageOnly`` -> ``without_video_processor(<ProcessorName>)``."""
+    if name.endswith(_IMAGE_ONLY_SUFFIX):
+        import transformers
+
+        base = getattr(transformers, name[: -len(_IMAGE_ONLY_SUFFIX)], None)
+        if isinstance(base, type):
+            cls = without_video_processor(base)
+            if cls is not base:
+                return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def without_video_processor(processor_cls: type) -> type:
@@ -82,13 +96,15 @@ def without_video_processor(processor_cls: type) -> type:
             # (Positional order of ProcessorMixin.__call__: images, text, videos, audio.)
             if kwargs.get("videos") is not None or (len(args) > 2 and args[2] is not None):
                 raise NotImplementedError(
-                    f"{processor_cls.__name__} was built without a video processor (torchvision is not "
-                    "installed); install torchvision to process videos."
+                    f"this {processor_cls.__name__} is image-only (built without a video processor, since "
+                    "transformers' video processors need torchvision); videos are not supported."
                 )
             return super().__call__(*args, **kwargs)
 
     _ImageOnlyProcessor.__name__ = processor_cls.__name__
-    _ImageOnlyProcessor.__qualname__ = f"without_video_processor({processor_cls.__qualname__})"
+    # pickle looks classes up by module + __qualname__; the module-level __getattr__ below rebuilds
+    # "<Name>_ImageOnly" on demand, so instances pickle (e.g. for datasets' fingerprinting) and unpickle.
+    _ImageOnlyProcessor.__qualname__ = f"{processor_cls.__name__}{_IMAGE_ONLY_SUFFIX}"
     _ImageOnlyProcessor.__module__ = __name__
     _ImageOnlyProcessor.__doc__ = (
         f"{processor_cls.__name__} without a video sub-processor (torchvision-free); "

@@ -64,7 +64,7 @@ QWEN_CHAT_TEMPLATE = (
     "{{- message['content'] -}}"
     "{%- else -%}"
     "{%- for part in message['content'] -%}"
-    "{%- if part['type'] == 'image' or part['type'] == 'image_url' or (part['type'] is not defined and 'image' in part) -%}"
+    "{%- if part['type'] in ('image', 'image_url') or (part['type'] is not defined and 'image' in part) -%}"
     "{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
     "{%- elif part['type'] == 'video' or (part['type'] is not defined and 'video' in part) -%}"
     "{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}"
@@ -158,9 +158,9 @@ class TinyVLMSpec:
     With the defaults a ``image_size x image_size`` = 112x112 image is cut into (112/14)^2 = 64 patches of
     ``patch_size`` = 14 (x ``temporal_patch_size`` = 2 frames, Qwen duplicates a still image), merged
     2x2 (``spatial_merge_size``) into **16 image tokens**; ``image_grid_thw`` = [1, 8, 8] and
-    ``pixel_values`` has shape [64, 3*2*14*14 = 1176]. The whole Qwen2.5-VL model has about 0.45M
-    parameters with a 516-token vocabulary (tied embeddings); see ``tests/test_tiny_model.py`` for the
-    asserted range (0.3M-1M).
+    ``pixel_values`` has shape [64, 3*2*14*14 = 1176]. The whole Qwen2.5-VL model has 413,376
+    parameters with the 374-token vocabulary of the built-in corpus (tied embeddings: +64 per extra token,
+    ~0.42M at the full 516 tokens); Qwen2-VL 397,056. ``tests/test_tiny_model.py`` asserts 0.3M-1M.
 
     Text tower: ``num_layers`` decoder layers of width ``hidden_size`` with ``num_heads`` query heads and
     ``num_kv_heads`` key/value heads (GQA; head_dim = hidden_size / num_heads = 16), SwiGLU MLP of width

@@ -1,0 +1,143 @@
+"""Configuration parsing, bad input caught before training, and the command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from datasets import Dataset
+from PIL import Image
+
+from pepo.cli import main
+from pepo.config import ConfigError, demo_recipe_path, load_yaml, parse_train_args
+from pepo.data.loading import DataError, to_rl_rows
+
+
+def test_demo_recipe_parses_with_yaml_and_cli_precedence(tmp_path):
+    base = load_yaml(demo_recipe_path())
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("gate_alpha: 0.1\nmethod: perception_only\n")
+    script, args = parse_train_args(["--config", str(recipe), "--gate_alpha", "0.2"], base=base)
+    assert args.method == "perception_only"  # from the file
+    assert args.gate_alpha == 0.2  # the flag beats the file
+    assert args.num_generations == 8 and script.dataset == "synthetic"  # from the demo base
+    assert args.bf16 is False  # no accelerator here: TRL's bf16 default is turned off
+
+
+def test_unknown_yaml_key_is_named_with_suggestion(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("gate_alpah: 0.1\n")
+    with pytest.raises(ConfigError, match=r"unknown config key `gate_alpah`.*gate_alpha"):
+        parse_train_args(["--config", str(recipe)])
+
+
+def test_unknown_flag_and_method_are_named():
+    with pytest.raises(ConfigError, match=r"--gate_temp.*gate_temperature"):
+        parse_train_args(["--gate_temp", "1.0"])
+    with pytest.raises(ConfigError, match=r"method='pepo_x'"):
+        parse_train_args(["--method", "pepo_x"])
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        parse_train_args(["--config", str(tmp_path / "nope.yaml")])
+
+
+def _raw(rows):
+    return Dataset.from_list(rows)
+
+
+def test_row_without_image_or_answer_is_named(tmp_path):
+    good = Image.new("RGB", (8, 8))
+    img = tmp_path / "a.png"
+    good.save(img)
+    rows = [{"id": "a", "image": str(img), "question": "q?", "answer": "1"},
+            {"id": "b", "image": None, "question": "q?", "answer": "2"}]
+    with pytest.raises(DataError, match=r"row 1 \(id b\), field 'image'.*needs an image"):
+        to_rl_rows(_raw(rows), "train")
+    rows[1] = {"id": "b", "image": str(img), "question": "q?", "answer": " "}
+    with pytest.raises(DataError, match=r"row 1 \(id b\), field 'answer': empty answer"):
+        to_rl_rows(_raw(rows), "train")
+    rows[1] = {"id": "a", "image": str(img), "question": "q?", "answer": "3"}
+    with pytest.raises(DataError, match="duplicate id"):
+        to_rl_rows(_raw(rows), "train")
+    out, skipped = to_rl_rows(_raw(rows), "train", skip_invalid_rows=True)
+    assert skipped == 1 and len(out) == 1 and out[0]["prompt"][0]["content"][0]["text"] == "q?"
+
+
+def test_image_paths_cannot_escape_root_and_missing_files_are_named(tmp_path):
+    root = tmp_path / "images"
+    root.mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "secret.png")
+    rows = [{"id": "a", "image": "../secret.png", "question": "q?", "answer": "1"}]
+    with pytest.raises(DataError, match="escapes image_root"):
+        to_rl_rows(_raw(rows), "train", image_root=str(root))
+    rows = [{"id": "a", "image": "missing.png", "question": "q?", "answer": "1"}]
+    with pytest.raises(DataError, match="missing.png does not exist"):
+        to_rl_rows(_raw(rows), "train", image_root=str(root))
+    (root / "bad.png").write_bytes(b"not a png")
+    rows = [{"id": "a", "image": "bad.png", "question": "q?", "answer": "1"}]
+    with pytest.raises(DataError, match="could not be read"):
+        to_rl_rows(_raw(rows), "train", image_root=str(root))
+
+
+def test_missing_column_names_the_mapping_flags():
+    with pytest.raises(DataError, match="--image_column"):
+        to_rl_rows(_raw([{"picture": "x", "question": "q", "answer": "1"}]), "train")
+
+
+def test_processor_without_image_token_fails_before_training(tiny_vlm):
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models
+
+    from pepo.models.loading import image_token_id
+
+    model, _ = tiny_vlm
+    bare = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "<unk>": 1}, "<unk>")))
+    with pytest.raises(ValueError, match="image_token"):
+        image_token_id(model, bare)
+
+
+def test_cli_help_and_errors(capsys, tmp_path):
+    assert main(["--help"]) == 0
+    assert "demo" in capsys.readouterr().out
+    assert main(["train", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--gate_alpha" in text and "--method" in text and "--model_name_or_path" in text
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("gate_alpah: 0.1\n")
+    assert main(["train", "--config", str(recipe)]) == 2
+    assert "gate_alpah" in capsys.readouterr().err
+    assert main(["frobnicate"]) == 2
+
+
+def test_pepo_entry_point_is_installed():
+    out = subprocess.run([sys.executable, "-m", "pepo.cli", "--help"], capture_output=True, text=True, check=True)
+    assert "pepo" in out.stdout
+
+
+def test_tiny_end_to_end_run_writes_the_run_folder(tmp_path):
+    """The demo pipeline at toy size: every artefact lands and the numbers in it are consistent."""
+    out = tmp_path / "run"
+    code = main([
+        "demo", "--num_train", "120", "--num_test", "24", "--warm_start_steps", "4", "--warm_start_target", "0",
+        "--warm_start_min_accuracy", "0", "--max_steps", "2", "--logging_steps", "1", "--output_dir", str(out),
+        "--per_device_train_batch_size", "16",
+    ])
+    assert code == 0
+    for name in ("config.yaml", "metrics.jsonl", "results.json", "checkpoint/config.json", "plots/reward.png",
+                 "plots/visual_similarity.png", "plots/entropy.png", "plots/weight_percentiles.png"):
+        assert (out / name).is_file(), name
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "pepo/progress" in m] == [1, 2]
+    assert metrics[0]["pepo/progress"] == 0.0 and metrics[1]["pepo/progress"] == 0.5
+    results = json.loads((out / "results.json").read_text())
+    assert results["before_rl"]["n"] == 24 and 0 <= results["after_rl"]["overall"] <= 1
+    config = load_yaml(out / "config.yaml")
+    assert config["method"] == "pepo" and config["max_steps"] == 2
+    from pepo.models.loading import load_model_and_processor
+
+    model, processor = load_model_and_processor(str(out / "checkpoint"))
+    assert model.config.image_token_id == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
