@@ -69,8 +69,8 @@ class ScriptArguments:
     warm_start: bool = field(
         default=True, metadata={"help": "Run the supervised warm start first (embedded model only by default)."}
     )
-    warm_start_steps: int = field(default=400, metadata={"help": "Upper bound on warm-start steps."})
-    warm_start_learning_rate: float = field(default=2e-3, metadata={"help": "Warm-start AdamW learning rate."})
+    warm_start_steps: int = field(default=500, metadata={"help": "Upper bound on warm-start steps."})
+    warm_start_learning_rate: float = field(default=1.5e-3, metadata={"help": "Warm-start AdamW learning rate."})
     warm_start_target: float = field(
         default=0.40, metadata={"help": "Stop the warm start at this held-out accuracy (leave room for RL)."}
     )

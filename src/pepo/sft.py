@@ -31,8 +31,8 @@ def answer_completion(answer: str) -> str:
 class WarmStartConfig:
     """Settings of the supervised warm start (counted in optimizer steps, not seconds)."""
 
-    max_steps: int = field(default=400, metadata={"help": "Upper bound on supervised steps."})
-    learning_rate: float = field(default=2e-3, metadata={"help": "AdamW learning rate."})
+    max_steps: int = field(default=500, metadata={"help": "Upper bound on supervised steps."})
+    learning_rate: float = field(default=1.5e-3, metadata={"help": "AdamW learning rate."})
     batch_size: int = field(default=32, metadata={"help": "Examples per step."})
     eval_every: int = field(default=20, metadata={"help": "Check held-out greedy accuracy every N steps."})
     target_accuracy: float = field(
