@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from datasets import Dataset
 from PIL import Image
 
@@ -141,3 +142,39 @@ def test_tiny_end_to_end_run_writes_the_run_folder(tmp_path):
 
     model, processor = load_model_and_processor(str(out / "checkpoint"))
     assert model.config.image_token_id == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+
+
+def test_train_from_local_checkpoint_and_jsonl_dataset_with_lora(tmp_path, tiny_vlm):
+    """The real-checkpoint path: a saved model directory + a JSONL file with relative image paths."""
+    from pepo.data.synthetic import make_split
+    from pepo.models.loading import load_model_and_processor
+
+    model, processor = tiny_vlm
+    ckpt = tmp_path / "ckpt"
+    model.save_pretrained(ckpt)
+    processor.save_pretrained(ckpt)
+    images = tmp_path / "data" / "images"
+    images.mkdir(parents=True)
+    lines = []
+    for i, row in enumerate(make_split(16, seed=3)):
+        row["image"].save(images / f"{i}.png")
+        question = row["prompt"][0]["content"][0]["text"]
+        lines.append(json.dumps({"id": f"q{i}", "img": f"images/{i}.png", "problem": question, "solution": row["answer"]}))
+    data = tmp_path / "data" / "train.jsonl"
+    data.write_text("\n".join(lines))
+    out = tmp_path / "run"
+    code = main([
+        "train", "--model_name_or_path", str(ckpt), "--dataset", str(data), "--image_root", str(data.parent),
+        "--image_column", "img", "--question_column", "problem", "--answer_column", "solution",
+        "--test_split", "none", "--reward_funcs", "exact_match", "--warm_start", "false", "--use_peft", "true",
+        "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj", "--per_device_train_batch_size", "8",
+        "--num_generations", "4", "--max_completion_length", "6", "--max_steps", "2", "--learning_rate", "0.05",
+        "--report_to", "none", "--save_strategy", "no", "--output_dir", str(out), "--logging_steps", "1",
+    ])
+    assert code == 0
+    trained, _ = load_model_and_processor(str(out / "checkpoint"))
+    before = dict(model.named_parameters())
+    changed = [n for n, p in trained.named_parameters() if "q_proj" in n and not torch.equal(p, before[n])]
+    assert changed, "LoRA-merged q_proj weights should differ from the starting checkpoint"
+    untouched = [n for n, p in trained.named_parameters() if "mlp" in n and not torch.equal(p, before[n])]
+    assert not untouched, "only LoRA targets may change"

@@ -167,8 +167,16 @@ def run_training(
         log("dry run: configuration, data, model and processor are valid; stopping before training.")
         return RunResult(out, before or {}, None, ws_steps, 0.0)
 
+    peft_config = None
+    if script_args.use_peft:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=script_args.lora_r, lora_alpha=script_args.lora_alpha, target_modules=script_args.lora_target_modules
+        )
     trainer = PEPOTrainer(
         model=model,
+        peft_config=peft_config,
         reward_funcs=reward_funcs,
         args=training_args,
         train_dataset=data["train"],
@@ -177,6 +185,8 @@ def run_training(
     )
     trainer.train()
     train_seconds = time.perf_counter() - start
+    if script_args.use_peft:  # save a standalone model, loadable like any checkpoint
+        trainer.model = trainer.model.merge_and_unload()
     trainer.save_model(str(out / "checkpoint"))
     processor.save_pretrained(str(out / "checkpoint"))
     if test is not None:

@@ -171,7 +171,8 @@ def load_rl_data(args: Any, seed: int = 0) -> tuple[DatasetDict, dict[str, int]]
             validate_rl_rows(split, name)
         return out, {name: 0 for name in out}
     raw = _load_raw(args.dataset, args.dataset_config)
-    wanted = [args.train_split] + ([args.test_split] if args.test_split else [])
+    test_split = None if str(args.test_split).lower() in ("", "none") else args.test_split
+    wanted = [args.train_split] + ([test_split] if test_split else [])
     out, skipped = DatasetDict(), {}
     for role, split in zip(("train", "test"), wanted):
         if split not in raw:

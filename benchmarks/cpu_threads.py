@@ -1,0 +1,92 @@
+"""How many torch threads should the CPU demo use? Times the demo's two hot loops side by side.
+
+Runs the supervised warm-start step (batch 32) and one PEPO training step (8 prompts x 8 samples)
+of the embedded tiny Qwen2.5-VL, alternating thread counts in one process so that machine noise
+hits both equally, optionally with a busy-loop process occupying another core.
+
+    python -m benchmarks.cpu_threads [--repeats 5] [--busy]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import statistics
+import tempfile
+import time
+
+import torch
+
+
+def _spin(stop):
+    while not stop.is_set():
+        sum(i * i for i in range(10_000))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--busy", action="store_true", help="keep one other core busy while timing")
+    args = parser.parse_args()
+
+    from pepo.data.synthetic import make_split, synthetic_accuracy_reward, text_corpus
+    from pepo.eval.generation import encode_prompts
+    from pepo.models.tiny import build_tiny_qwen2_5_vl, train_tiny_tokenizer
+    from pepo.sft import answer_completion, completion_loss
+    from pepo.trainer import PEPOConfig, PEPOTrainer
+
+    rows = make_split(64, seed=0).map(lambda r: {"images": [r["image"]]}, remove_columns=["image"])
+    tokenizer = train_tiny_tokenizer(text_corpus() + [answer_completion("3")])
+    model, processor = build_tiny_qwen2_5_vl(tokenizer)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    batch = encode_prompts(processor, rows["prompt"][:32], rows["images"][:32],
+                           [answer_completion(a) + tokenizer.eos_token for a in rows["answer"][:32]])
+
+    def sft_step():
+        loss = completion_loss(model, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = PEPOTrainer(
+            model=model, reward_funcs=synthetic_accuracy_reward, train_dataset=rows, processing_class=processor,
+            args=PEPOConfig(output_dir=tmp, per_device_train_batch_size=64, num_generations=8, max_steps=1000,
+                            max_completion_length=6, report_to="none", bf16=False, use_cpu=True, save_strategy="no",
+                            disable_tqdm=True, logging_steps=1000),
+        )
+        loader = iter(trainer.get_train_dataloader())
+        trainer.model.train()
+        trainer.current_gradient_accumulation_steps = 1
+
+        def rl_step():
+            trainer._buffered_inputs = None
+            inputs = trainer._prepare_inputs(next(loader))
+            trainer.compute_loss(trainer.model, inputs).backward()
+
+        stop = mp.Event()
+        spinner = mp.Process(target=_spin, args=(stop,)) if args.busy else None
+        if spinner:
+            spinner.start()
+        times: dict[tuple[str, int], list[float]] = {}
+        try:
+            for _ in range(args.repeats):
+                for threads in (1, 2):
+                    torch.set_num_threads(threads)
+                    for name, step in (("warm-start step", sft_step), ("PEPO step", rl_step)):
+                        step()  # warm-up at this thread count
+                        start = time.perf_counter()
+                        step()
+                        times.setdefault((name, threads), []).append(time.perf_counter() - start)
+        finally:
+            stop.set()
+            if spinner:
+                spinner.join()
+    print(f"other core busy: {args.busy}; median of {args.repeats} (seconds per step)")
+    for name in ("warm-start step", "PEPO step"):
+        one, two = statistics.median(times[(name, 1)]), statistics.median(times[(name, 2)])
+        print(f"  {name:<16} 1 thread {one:.3f}  2 threads {two:.3f}  ratio 2/1 = {two / one:.2f}")
+
+
+if __name__ == "__main__":
+    main()
