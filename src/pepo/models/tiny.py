@@ -287,6 +287,20 @@ def _finish(model_cls, config, tokenizer, spec: TinyVLMSpec, seed: int, processo
     return model, processor
 
 
+def _qwen_config(config_cls, tokenizer, spec: TinyVLMSpec, vision: dict):
+    """A Qwen2-VL-family config whose special-token ids are the tokenizer's."""
+    ids = _token_ids(tokenizer)
+    return config_cls(
+        text_config=_text_kwargs(tokenizer, spec, ids),
+        vision_config=vision,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=spec.tie_word_embeddings,
+    )
+
+
 def build_tiny_qwen2_5_vl(tokenizer, spec: TinyVLMSpec = TinyVLMSpec(), seed: int = 0):
     """Randomly initialised float32 ``Qwen2_5_VLForConditionalGeneration`` + ``Qwen2_5_VLProcessor``.
 
@@ -297,7 +311,6 @@ def build_tiny_qwen2_5_vl(tokenizer, spec: TinyVLMSpec = TinyVLMSpec(), seed: in
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 
     spec.validate()
-    ids = _token_ids(tokenizer)
     vision = dict(
         depth=spec.vision_depth,
         hidden_size=spec.vision_hidden,
@@ -312,15 +325,7 @@ def build_tiny_qwen2_5_vl(tokenizer, spec: TinyVLMSpec = TinyVLMSpec(), seed: in
         fullatt_block_indexes=[spec.vision_depth - 1],
         tokens_per_second=2,
     )
-    config = Qwen2_5_VLConfig(
-        text_config=_text_kwargs(tokenizer, spec, ids),
-        vision_config=vision,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=spec.tie_word_embeddings,
-    )
+    config = _qwen_config(Qwen2_5_VLConfig, tokenizer, spec, vision)
     return _finish(Qwen2_5_VLForConditionalGeneration, config, tokenizer, spec, seed, Qwen2_5_VLProcessor)
 
 
@@ -330,7 +335,6 @@ def build_tiny_qwen2_vl(tokenizer, spec: TinyVLMSpec = TinyVLMSpec(), seed: int 
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
 
     spec.validate()
-    ids = _token_ids(tokenizer)
     if spec.vision_intermediate % spec.vision_hidden:
         raise ValueError("Qwen2-VL needs vision_intermediate to be a multiple of vision_hidden (mlp_ratio)")
     vision = dict(
@@ -344,15 +348,7 @@ def build_tiny_qwen2_vl(tokenizer, spec: TinyVLMSpec = TinyVLMSpec(), seed: int 
         temporal_patch_size=spec.temporal_patch_size,
         initializer_range=spec.initializer_range,
     )
-    config = Qwen2VLConfig(
-        text_config=_text_kwargs(tokenizer, spec, ids),
-        vision_config=vision,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=spec.tie_word_embeddings,
-    )
+    config = _qwen_config(Qwen2VLConfig, tokenizer, spec, vision)
     return _finish(Qwen2VLForConditionalGeneration, config, tokenizer, spec, seed, Qwen2VLProcessor)
 
 
