@@ -1,4 +1,4 @@
-"""PEPOTrainer wraps exactly two private TRL methods. If TRL changes them, these tests say so first."""
+"""PEPOTrainer wraps three private TRL methods. If TRL changes them, these tests say so first."""
 
 from __future__ import annotations
 
@@ -44,4 +44,13 @@ def test_pepo_overrides_only_these_private_methods():
         name for name, value in vars(pepo.trainer.PEPOTrainer).items()
         if callable(value) and name.startswith("_") and not name.startswith("__") and hasattr(GRPOTrainer, name)
     }
-    assert own == {"_compute_loss", "_get_per_token_logps_and_entropies"}
+    assert own == {"_compute_loss", "_get_per_token_logps_and_entropies", "_generate_and_score_completions"}
+
+
+def test_generation_output_contract_for_dynamic_sampling():
+    """Dynamic sampling reads advantages from TRL's output and re-derives num_items_in_batch like TRL does."""
+    assert list(inspect.signature(GRPOTrainer._generate_and_score_completions).parameters) == ["self", "inputs"]
+    source = inspect.getsource(GRPOTrainer._generate_and_score_completions)
+    assert "num_items_in_batch = self.accelerator.gather(loss_mask.sum()).sum()" in source
+    assert '"advantages": advantages,' in source
+    assert "advantages = rewards - mean_grouped_rewards" in source  # zero advantages <=> equal rewards in a group

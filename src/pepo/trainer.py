@@ -14,7 +14,10 @@ How PEPO enters TRL's loss, touching as little of TRL as possible:
   the clipped surrogate only, and the KL term (added separately by TRL) stays unweighted. This holds
   for every loss type whose surrogate is linear in A (grpo, bnpo, dr_grpo, dapo).
 
-``tests/test_trl_contract.py`` fails loudly if TRL changes the two methods we rely on.
+* DAPO dynamic sampling wraps ``_generate_and_score_completions``: it drops groups whose rewards
+  are all equal and generates fresh prompts until the batch is full (:mod:`pepo.dynamic_sampling`).
+
+``tests/test_trl_contract.py`` fails loudly if TRL changes the three methods we rely on.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from transformers import PreTrainedModel
 from trl import GRPOConfig, GRPOTrainer
 
 
+from pepo.dynamic_sampling import concat_batches, informative_groups, select_rows
 from pepo.hooks import VisualScoreCapture
 from pepo.weights import (
     exploration_only_weights,
@@ -46,12 +50,20 @@ __all__ = ["METHODS", "PEPOConfig", "PEPOTrainer"]
 #: method name -> one-line description (shown by ``pepo train --help`` and in the docs).
 METHODS: dict[str, str] = {
     "grpo": "GRPO: every token of a response shares its sequence advantage (baseline).",
-    "pepo": "PEPO: perception prior gated by entropy, w = n * softmax(VS * (1 + alpha * tanh(centred)) / tau).",
+    "dapo": "DAPO preset: loss_type dapo, clip-higher (epsilon_high 0.28 unless set), overlong filtering "
+    "(mask_truncated_completions), dynamic sampling.",
+    "pepo": "PEPO: perception prior gated by entropy, w = n * softmax(VS * (1 + alpha * tanh(centred)) / tau), "
+    "on whatever loss_type is configured.",
+    "pepo_g": "PEPO_G: PEPO on GRPO (forces loss_type grpo).",
+    "pepo_d": "PEPO_D: PEPO on the DAPO preset.",
     "perception_only": "Ablation: gate off (alpha = 0), w = n * softmax(VS / tau).",
     "exploration_only": "Ablation: entropy only, w = n * softmax(min-max-normalised entropy / tau).",
     "high_entropy": "High-Entropy RL baseline: only the top `high_entropy_quantile` tokens by entropy train.",
 }
-_WEIGHTED_METHODS = ("pepo", "perception_only", "exploration_only")
+#: method -> token weighting it applies (None: sequence-level advantages, as in GRPO/DAPO)
+_WEIGHTING = {"pepo": "pepo", "pepo_g": "pepo", "pepo_d": "pepo", "perception_only": "perception_only",
+              "exploration_only": "exploration_only"}
+_DAPO_PRESET = ("dapo", "pepo_d")
 _SCORE_TYPES = ("cosine", "dot", "l2", "l1")
 _PERCENTILES = (0, 20, 40, 60, 80, 100)
 
@@ -104,6 +116,20 @@ class PEPOConfig(GRPOConfig):
             "(grpo, high_entropy), so training dynamics can be compared across methods."
         },
     )
+    dynamic_sampling: bool = field(
+        default=False,
+        metadata={
+            "help": "DAPO dynamic sampling: drop groups whose rewards are all equal and generate more prompts until "
+            "the batch is full (on by default for methods dapo and pepo_d)."
+        },
+    )
+    max_dynamic_sampling_rounds: int = field(
+        default=3,
+        metadata={
+            "help": "Cap on generation rounds per batch with dynamic_sampling (DAPO's max_num_gen_batches). A batch "
+            "still short after the cap is filled with zero-advantage groups, counted in dynamic_sampling/filled_groups."
+        },
+    )
     detach_weights: bool = field(
         default=True,
         metadata={
@@ -128,12 +154,34 @@ class PEPOConfig(GRPOConfig):
         if self.method == "high_entropy":
             # TRL implements the token mask of High-Entropy RL (Wang et al., 2025) as `top_entropy_quantile`.
             self.top_entropy_quantile = self.high_entropy_quantile
+        if self.method == "pepo_g":
+            self.loss_type = "grpo"
+        if self.method in _DAPO_PRESET:
+            self.loss_type = "dapo"
+            self.mask_truncated_completions = True
+            self.dynamic_sampling = True
+            if self.epsilon_high is None:
+                self.epsilon_high = 0.28  # DAPO's clip-higher
+        if self.max_dynamic_sampling_rounds < 1:
+            raise ValueError(f"max_dynamic_sampling_rounds must be >= 1, got {self.max_dynamic_sampling_rounds}.")
         super().__post_init__()
+        if self.dynamic_sampling:
+            if self.multi_objective_aggregation != "sum_then_normalize":
+                raise ValueError(
+                    "dynamic_sampling needs multi_objective_aggregation='sum_then_normalize' (it detects equal-reward "
+                    "groups from their zero advantages)."
+                )
+            local = self.per_device_train_batch_size * self.steps_per_generation
+            if local % self.num_generations:
+                raise ValueError(
+                    f"dynamic_sampling needs whole groups on each process: per_device_train_batch_size * "
+                    f"steps_per_generation = {local} is not a multiple of num_generations = {self.num_generations}."
+                )
 
     @property
-    def uses_token_weights(self) -> bool:
-        """True when the method reweights tokens (pepo and its two ablations)."""
-        return self.method in _WEIGHTED_METHODS
+    def token_weighting(self) -> str | None:
+        """The token weighting the method applies: ``pepo``, ``perception_only``, ``exploration_only`` or None."""
+        return _WEIGHTING.get(self.method)
 
 
 @contextmanager
@@ -180,13 +228,15 @@ class PEPOTrainer(GRPOTrainer):
         from pepo.models.loading import image_token_id  # transformers-dependent, kept out of pepo.weights
 
         self.image_token_id = image_token_id(self.model, self.processing_class, image_token=self.args.image_token)
-        needs_scores = self.args.method in ("pepo", "perception_only") or self.args.log_token_stats
+        needs_scores = self.args.token_weighting in ("pepo", "perception_only") or self.args.log_token_stats
         self._capture = (
             VisualScoreCapture(self.model, self.args.vision_score_type, self.args.vision_layers)
             if needs_scores
             else None
         )
         self._pepo_inputs: dict[str, Any] | None = None
+        self._extra_prompts: Any = None  # iterator over fresh prompts for dynamic sampling
+        self._extra_prompts_epoch = 0
         self.last_token_stats: dict[str, torch.Tensor] | None = None  # last micro-batch, for inspection
 
     @property
@@ -228,7 +278,7 @@ class PEPOTrainer(GRPOTrainer):
 
     def _apply_token_weights(self, inputs, vision_mask, scores, entropies, hook_seconds: float) -> None:
         start = time.perf_counter()
-        method = self.args.method
+        method = self.args.token_weighting
         mask = inputs["completion_mask"].bool()
         if "tool_mask" in inputs:
             mask = mask & inputs["tool_mask"].bool()
@@ -297,3 +347,70 @@ class PEPOTrainer(GRPOTrainer):
         qs = torch.quantile(gathered, torch.tensor([p / 100 for p in _PERCENTILES], device=gathered.device))
         for p, q in zip(_PERCENTILES, qs.tolist()):
             metrics[f"pepo/weight_p{p}"].append(q)
+
+    # --- DAPO dynamic sampling -------------------------------------------------------------------
+
+    def _generate_and_score_completions(self, inputs):
+        if not (self.args.dynamic_sampling and self.model.training):
+            return super()._generate_and_score_completions(inputs)
+        group = self.num_generations
+        needed = len(inputs) // group
+        batches, kept, spare = [], [], []
+        offset, rounds, dropped = 0, 0, 0
+        prompts = inputs
+        while True:
+            out = super()._generate_and_score_completions(prompts)
+            rounds += 1
+            informative = informative_groups(out["advantages"], group).tolist()
+            for g, ok in enumerate(informative):
+                (kept if ok else spare).append(range(offset + g * group, offset + (g + 1) * group))
+            dropped += informative.count(False)
+            offset += len(out["advantages"])
+            batches.append(out)
+            # Every process must run the same number of rounds: generation and reward gathering are collective.
+            short = torch.tensor(float(len(kept) < needed), device=self.accelerator.device)
+            if self.accelerator.reduce(short, reduction="sum").item() == 0 or rounds >= self.args.max_dynamic_sampling_rounds:
+                break
+            prompts = self._next_prompts()
+        chosen = kept[:needed]
+        filled = needed - len(chosen)
+        chosen += spare[:filled]
+        merged = concat_batches(batches, self.processing_class.tokenizer.pad_token_id
+                                if hasattr(self.processing_class, "tokenizer") else self.processing_class.pad_token_id)
+        result = select_rows(merged, [row for rows in chosen for row in rows])
+        loss_mask = result["completion_mask"] if "tool_mask" not in result else result["completion_mask"] * result["tool_mask"]
+        result["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
+        totals = self.accelerator.reduce(
+            torch.tensor([float(dropped), float(filled), float(rounds)], device=self.accelerator.device), reduction="sum"
+        )
+        metrics = self._metrics["train"]
+        metrics["dynamic_sampling/dropped_groups"].append(totals[0].item())
+        metrics["dynamic_sampling/filled_groups"].append(totals[1].item())
+        metrics["dynamic_sampling/rounds"].append(totals[2].item() / self.accelerator.num_processes)
+        return result
+
+    def _next_prompts(self) -> list[dict[str, Any]]:
+        """A fresh generation batch of prompts (new prompts, not the repeats TRL's sampler yields)."""
+        from trl.trainer.utils import RepeatSampler
+
+        while True:
+            if self._extra_prompts is None:
+                self._extra_prompts_epoch += 1
+                seed = self.args.seed + 7919 * self._extra_prompts_epoch  # a different order than the main sampler
+
+                def sampler(dataset):
+                    return RepeatSampler(
+                        data_source=dataset, mini_repeat_count=self.num_generations,
+                        batch_size=self.args.generation_batch_size // self.num_generations,
+                        repeat_count=1, shuffle=True, seed=seed,
+                    )
+
+                self._extra_prompts = iter(self._get_dataloader(
+                    dataset=self.train_dataset, description="Dynamic sampling",
+                    batch_size=self._train_batch_size * self.args.steps_per_generation,
+                    sampler_fn=sampler, is_training=True,
+                ))
+            try:
+                return next(self._extra_prompts)
+            except StopIteration:
+                self._extra_prompts = None

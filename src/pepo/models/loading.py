@@ -24,6 +24,7 @@ Everything else (image-token expansion, chat template, tokenizer) is the stock p
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
@@ -64,6 +65,19 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+class _AbsentVideoProcessor:
+    """Stand-in for the video processor of an image-only processor whose own methods read its settings."""
+
+    num_frames = None
+    fps = None
+
+    def __call__(self, *args, **kwargs):
+        raise NotImplementedError("image-only processor (no torchvision): videos are not supported")
+
+    def __repr__(self) -> str:
+        return "<no video processor>"
+
+
 def without_video_processor(processor_cls: type) -> type:
     """Return an image-only variant of ``processor_cls`` (cached), or ``processor_cls`` itself if it has no
     ``video_processor`` sub-processor. See the module docstring for why this exists.
@@ -79,7 +93,20 @@ def without_video_processor(processor_cls: type) -> type:
     if cached is not None:
         return cached
 
+    # Some processors (SmolVLMProcessor) take `video_processor` as a *required* argument: construct them with
+    # `video_processor=None` (ProcessorMixin ignores it, it is no declared attribute any more); loading adds it
+    # in from_args_and_dict. (__init__ is not wrapped: from_args_and_dict reads the stock __init__'s
+    # argument names to decide which saved settings to pass on.)
+    video_param = inspect.signature(processor_cls.__init__).parameters.get("video_processor")
+    video_required = video_param is not None and video_param.default is inspect.Parameter.empty
+
     class _ImageOnlyProcessor(processor_cls):  # type: ignore[misc, valid-type]
+        if video_required:
+            # SmolVLMProcessor.apply_chat_template also reads `self.video_processor.num_frames` / `.fps` as
+            # defaults for sampling video frames: a class-level stand-in answers None (not saved, not an
+            # attribute of ProcessorMixin's).
+            video_processor = _AbsentVideoProcessor()
+
         @classmethod
         def get_attributes(cls) -> list[str]:
             return [a for a in super().get_attributes() if a != "video_processor"]
@@ -89,6 +116,8 @@ def without_video_processor(processor_cls: type) -> type:
             # A checkpoint saved where torchvision exists nests a "video_processor" config here; it would be
             # forwarded as an `__init__` kwarg, so drop it (no video support without torchvision anyway).
             processor_dict = {k: v for k, v in processor_dict.items() if k != "video_processor"}
+            if video_required:
+                processor_dict["video_processor"] = None
             return super().from_args_and_dict(args, processor_dict, **kwargs)
 
         def __call__(self, *args, **kwargs):
@@ -254,9 +283,11 @@ def image_token_id(model_or_config, processor, image_token: str | None = None) -
     Order tried: the explicit ``image_token`` override; the config's ``image_token_id`` then
     ``image_token_index`` (top-level, then the text sub-config); the processor's ``image_token`` /
     ``image_token_id``; the tokenizer's ``image_token`` / ``image_token_id``. A candidate counts only if it
-    is an added (placeholder) token of the tokenizer that encodes to exactly one id. If the config and the
-    processor both name a token and they disagree, that is an error (the model would never see the
-    processor's placeholders).
+    is an added (placeholder) token of the tokenizer that encodes to exactly one id. If the config names a
+    token and the processor/tokenizer name others but never the config's, that is an error (the model would
+    never see the processor's placeholders). The config's token is accepted when *any* processor or
+    tokenizer attribute names it: Gemma 3's processor calls its text placeholder ``<start_of_image>``
+    ``image_token`` while the model replaces ``<image_soft_token>`` (``tokenizer.image_token``).
 
     Raises:
         ValueError: nothing valid found (the message lists what was tried), or config/processor disagree.
@@ -302,20 +333,23 @@ def image_token_id(model_or_config, processor, image_token: str | None = None) -
         if config_id is not None:
             break
 
-    processor_id: int | None = None
-    processor_label = ""
+    # Every processor-side candidate, in order of preference. A processor may name a *text* placeholder that
+    # it expands into a run of the model's image token plus markers: Gemma3Processor's `image_token` is
+    # <start_of_image> (expanded to <start_of_image> + <image_soft_token> * n + <end_of_image>) while the
+    # model replaces <image_soft_token>, which its tokenizer names as `image_token`. So the config only
+    # disagrees with the processor if *no* candidate names the config's token.
+    candidates: list[tuple[str, int]] = []
     owners = [("processor", processor)] + ([("tokenizer", tokenizer)] if tokenizer is not processor else [])
     for owner_label, owner in owners:
         for attr, fn in (("image_token", _id_of_token), ("image_token_id", _valid_id)):
             tried.append(f"{owner_label}.{attr}")
-            processor_id = fn(getattr(owner, attr, None))
-            if processor_id is not None:
-                processor_label = f"{owner_label}.{attr}"
-                break
-        if processor_id is not None:
-            break
+            tid = fn(getattr(owner, attr, None))
+            if tid is not None:
+                candidates.append((f"{owner_label}.{attr}", tid))
+    processor_id = candidates[0][1] if candidates else None
 
-    if config_id is not None and processor_id is not None and config_id != processor_id:
+    if config_id is not None and candidates and all(tid != config_id for _, tid in candidates):
+        processor_label = candidates[0][0]
         raise ValueError(
             f"image token mismatch: the model config says id {config_id} ({added[config_id]!r}) but "
             f"{processor_label} gives id {processor_id} ({added[processor_id]!r}). Set `image_token` in the "

@@ -1,0 +1,191 @@
+"""Tiny models of more VLM families (pepo.models.tiny): processors, hidden-state hooks and PEPO training.
+
+Every family here is built offline (tokenizer trained in code, random weights) and must:
+
+* expand each 112x112 image into its documented number of image tokens, with the chat template rendering
+  the question text, then the image, then the generation prompt;
+* give hook scores (:class:`pepo.hooks.VisualScoreCapture`) equal to ``pepo.weights.visual_similarity`` of
+  ``output_hidden_states=True``: the hooks find the family's text decoder and its L+1 hidden states are
+  (input of every decoder layer, output of the final norm);
+* train for two PEPO steps through TRL's GRPOTrainer with every row's image tokens found.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from PIL import Image
+
+from pepo.eval.generation import encode_prompts
+from pepo.hooks import VisualScoreCapture, find_text_decoder
+from pepo.models.loading import image_token_id, load_model_and_processor
+from pepo.models.tiny import (
+    SUPPORTED_FAMILIES,
+    TinyVLMSpec,
+    build_tiny_model,
+    count_parameters,
+    save_tiny,
+    tokenizer_layout,
+    train_tiny_tokenizer,
+)
+from pepo.trainer import PEPOTrainer
+from pepo.weights import visual_similarity
+from tests.conftest import make_rl_rows
+from tests.test_trainer import make_config, snapshot, varied_reward
+
+SPEC = TinyVLMSpec()
+#: family -> (model class, image tokens per 112x112 image, per 300x300 image)
+FAMILIES = {
+    "internvl": ("InternVLForConditionalGeneration", 16, 16),
+    "idefics3": ("Idefics3ForConditionalGeneration", 16, 16),
+    "smolvlm": ("SmolVLMForConditionalGeneration", 16, 16),
+    "gemma3": ("Gemma3ForConditionalGeneration", 16, 16),
+    # anyres: 64 base-tile features + the grid's unpadded features + one newline per row. 112x112 -> 1x1 grid:
+    # 64 + 64 + 8; 300x300 -> 2x2 grid (224x224): 64 + 256 + 16.
+    "llava_onevision": ("LlavaOnevisionForConditionalGeneration", 136, 336),
+}
+QUESTION = "how many red shapes ?"
+PROMPT = [{"role": "user", "content": [{"type": "text", "text": QUESTION}, {"type": "image"}]}]
+
+
+def _needs(family: str):
+    """SmolVLMProcessor refuses to start without `num2words` (a transformers requirement, not pepo's)."""
+    if family == "smolvlm" and importlib.util.find_spec("num2words") is None:
+        return pytest.mark.skip(reason="smolvlm needs `pip install num2words` (transformers' SmolVLMProcessor)")
+    return ()
+
+
+PARAMS = [pytest.param(f, marks=_needs(f), id=f) for f in FAMILIES]
+
+
+@pytest.fixture(scope="module")
+def tokenizers():
+    from pepo.data.synthetic import text_corpus
+
+    corpus = text_corpus() + ["<answer>3</answer>", "<answer>yes</answer>"]
+    cache: dict[str, object] = {}
+
+    def get(family: str):
+        if family not in cache:
+            cache[family] = train_tiny_tokenizer(corpus, family=family)
+        return cache[family]
+
+    return get
+
+
+@pytest.fixture()
+def tiny(request, tokenizers):
+    family = request.param
+    model, processor = build_tiny_model(family, tokenizers(family), SPEC, seed=0)
+    return family, model, processor
+
+
+def _rows_batch(processor, rows, completions):
+    batch = encode_prompts(processor, rows["prompt"], rows["images"], completions)
+    batch.pop("prompt_lengths")
+    return batch
+
+
+def test_all_families_are_supported():
+    assert set(FAMILIES) | {"qwen2_5_vl", "qwen2_vl"} == set(SUPPORTED_FAMILIES)
+
+
+@pytest.mark.parametrize("tiny", PARAMS, indirect=True)
+def test_family_model_processor_and_template(tiny, tokenizers):
+    family, model, processor = tiny
+    cls_name, n_image_tokens, n_large = FAMILIES[family]
+    assert type(model).__name__ == cls_name
+    assert 250_000 <= count_parameters(model) <= 1_500_000, count_parameters(model)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    # initializer_range of the spec reaches the text embeddings
+    assert abs(model.get_input_embeddings().weight.std().item() - SPEC.initializer_range) < 0.01
+
+    layout = tokenizer_layout(family)
+    text = processor.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=False)
+    no_prompt = processor.apply_chat_template(PROMPT, add_generation_prompt=False, tokenize=False)
+    # question, then the image placeholder (the processor's text placeholder), then the generation prompt
+    placeholder = processor.image_token
+    assert text.count(placeholder) == 1 and text.index(QUESTION) < text.index(placeholder)
+    assert text.startswith(no_prompt) and len(text) > len(no_prompt)
+
+    image_id = image_token_id(model, processor)
+    assert image_id == tokenizers(family).convert_tokens_to_ids(layout.image_token)
+    for side, expected in ((300, n_large), (30, n_image_tokens), (112, n_image_tokens)):
+        batch = processor(text=[text], images=[Image.new("RGB", (side, side), "red")], return_tensors="pt")
+        assert int((batch["input_ids"] == image_id).sum()) == expected, side
+    with torch.no_grad():
+        out = model(**batch, output_hidden_states=True)
+    assert len(out.hidden_states) == SPEC.num_layers + 1
+    assert torch.isfinite(out.logits).all()
+    gen = model.generate(**batch, max_new_tokens=3, do_sample=False)
+    assert batch["input_ids"].shape[1] < gen.shape[1] <= batch["input_ids"].shape[1] + 3
+
+
+@pytest.mark.parametrize("tiny", PARAMS, indirect=True)
+def test_family_hook_scores_equal_output_hidden_states(tiny):
+    family, model, processor = tiny
+    rows = make_rl_rows(3)
+    batch = _rows_batch(processor, rows, ["<answer>1</answer>", "<answer>22</answer> ok", "no"])
+    vision_mask = batch["input_ids"] == image_token_id(model, processor)
+    assert vision_mask.sum(1).tolist() == [FAMILIES[family][1]] * 3
+    layers, _ = find_text_decoder(model)
+    assert len(layers) == SPEC.num_layers
+    completion_length = 6
+    with torch.no_grad():
+        hidden = model(**batch, output_hidden_states=True).hidden_states
+    for score_type in ("cosine", "dot", "l2"):
+        reference = visual_similarity(hidden, vision_mask, completion_length, score_type)
+        capture = VisualScoreCapture(model, score_type)
+        with torch.no_grad(), capture.record(vision_mask, completion_length):
+            model(**batch)
+        assert capture.num_hidden_states == len(hidden)
+        torch.testing.assert_close(capture.scores, reference, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("tiny", PARAMS, indirect=True)
+def test_family_trains_with_pepo(tiny, tmp_path):
+    family, model, processor = tiny
+    trainer = PEPOTrainer(
+        model=model, reward_funcs=varied_reward, args=make_config(tmp_path), train_dataset=make_rl_rows(8),
+        processing_class=processor,
+    )
+    image_tokens_per_row: list[int] = []
+    apply = trainer._apply_token_weights
+
+    def spy(inputs, vision_mask, *args, **kwargs):
+        image_tokens_per_row.extend(vision_mask.sum(1).tolist())
+        return apply(inputs, vision_mask, *args, **kwargs)
+
+    trainer._apply_token_weights = spy
+    before = snapshot(trainer.model)
+    trainer.train()
+    after = snapshot(trainer.model)
+    assert [n for n in before if not torch.equal(before[n], after[n])], "no parameter changed"
+    # 2 steps x 8 rows, each with one image's tokens found in the training forward
+    assert image_tokens_per_row == [FAMILIES[family][1]] * 16
+    records = trainer.state.log_history
+    logged = {k for record in records for k in record}
+    assert {"pepo/vs_mean", "pepo/entropy_mean", "pepo/uniform_fallback_rows"} <= logged
+    assert [r["pepo/uniform_fallback_rows"] for r in records if "pepo/uniform_fallback_rows" in r] == [0.0, 0.0]
+    assert all(torch.isfinite(torch.tensor(r["pepo/vs_mean"])) for r in records if "pepo/vs_mean" in r)
+
+
+@pytest.mark.parametrize("tiny", PARAMS, indirect=True)
+def test_family_save_load_round_trip(tiny, tmp_path):
+    family, model, processor = tiny
+    save_tiny(model, processor, tmp_path / family)
+    model2, processor2 = load_model_and_processor(str(tmp_path / family))
+    assert type(model2) is type(model)
+    rows = make_rl_rows(2)
+    batch, batch2 = (_rows_batch(p, rows, ["<answer>3</answer>", "x"]) for p in (processor, processor2))
+    assert batch.keys() == batch2.keys()
+    assert all(torch.equal(batch[k], batch2[k]) for k in batch)
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, model2(**batch2).logits)
+
+
+def test_family_tokenizer_mismatch_is_explained(tokenizers):
+    with pytest.raises(ValueError, match="family='internvl'"):
+        build_tiny_model("internvl", tokenizers("gemma3"))
