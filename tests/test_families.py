@@ -189,3 +189,16 @@ def test_family_save_load_round_trip(tiny, tmp_path):
 def test_family_tokenizer_mismatch_is_explained(tokenizers):
     with pytest.raises(ValueError, match="family='internvl'"):
         build_tiny_model("internvl", tokenizers("gemma3"))
+
+
+def test_image_token_id_accepts_gemma3_placeholder_but_not_a_real_mismatch(tokenizers):
+    import types
+
+    tokenizer = tokenizers("gemma3")
+    _, processor = build_tiny_model("gemma3", tokenizer, SPEC, seed=0)
+    soft, eoi = (tokenizer.convert_tokens_to_ids(t) for t in ("<image_soft_token>", "<end_of_image>"))
+    # the processor's text placeholder is <start_of_image>; the model replaces <image_soft_token>
+    assert processor.image_token == "<start_of_image>" and tokenizer.image_token == "<image_soft_token>"
+    assert image_token_id(types.SimpleNamespace(image_token_id=soft), processor) == soft
+    with pytest.raises(ValueError, match="mismatch"):
+        image_token_id(types.SimpleNamespace(image_token_id=eoi), processor)

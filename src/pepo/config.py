@@ -148,9 +148,13 @@ def parse_train_args(argv: Sequence[str], base: dict[str, Any] | None = None) ->
         values.update(load_yaml(argv[i + 1]))
         del argv[i : i + 2]
     explicit = set(values) | {a[2:].split("=", 1)[0] for a in argv if a.startswith("--")}
-    if "bf16" not in explicit and not _has_accelerator():
-        # TRL's GRPOConfig defaults to bf16, which stops a CPU-only machine before it starts.
-        values["bf16"] = False
+    if not _has_accelerator():
+        # TRL's GRPOConfig defaults to bf16, which stops a CPU-only machine before it starts; and transformers
+        # only forms a CPU (gloo) process group under torchrun when use_cpu is set.
+        if "bf16" not in explicit:
+            values["bf16"] = False
+        if "use_cpu" not in explicit:
+            values["use_cpu"] = True
     parser = HfArgumentParser((ScriptArguments, PEPOConfig))
     parser.set_defaults(**values)
     for token in argv:

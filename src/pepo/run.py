@@ -144,8 +144,10 @@ def run_training(
     set_seed(seed)
     random.seed(seed)
     out = Path(training_args.output_dir)
+    is_main = training_args.process_index == 0  # under torchrun / accelerate, one process writes the run folder
     out.mkdir(parents=True, exist_ok=True)
-    _write_config(out / "config.yaml", script_args, training_args)
+    if is_main:
+        _write_config(out / "config.yaml", script_args, training_args)
     data, skipped = load_rl_data(script_args, seed=seed)
     for split, n in skipped.items():
         if n:
@@ -188,12 +190,15 @@ def run_training(
     if script_args.use_peft:  # save a standalone model, loadable like any checkpoint
         trainer.model = trainer.model.merge_and_unload()
     trainer.save_model(str(out / "checkpoint"))
-    processor.save_pretrained(str(out / "checkpoint"))
+    if is_main:
+        processor.save_pretrained(str(out / "checkpoint"))
     if test is not None:
         after = evaluate_accuracy(trainer.model, processor, test, reward_funcs[0], script_args.eval_max_new_tokens,
                                   desc="scoring after RL")
         log(f"held-out accuracy after RL:  {after['overall']:.3f} (before {before['overall']:.3f})")
     result = RunResult(out, before or {}, after, ws_steps, train_seconds)
+    if not is_main:
+        return result
     (out / "results.json").write_text(json.dumps(
         {"before_rl": before, "after_rl": after, "warm_start_steps": ws_steps, "seconds": train_seconds,
          "method": training_args.method, "seed": seed}, indent=2))

@@ -15,6 +15,12 @@ Example::
 
 The processor is image-only (see :func:`pepo.models.loading.without_video_processor`: transformers' video
 processors need torchvision, which CPU installs often lack).
+
+Families (:data:`SUPPORTED_FAMILIES`, dispatched by :func:`build_tiny_model`): Qwen2.5-VL and Qwen2-VL
+(share one tokenizer layout), InternVL (InternVL3), Idefics3, SmolVLM (needs ``num2words``), Gemma 3 and
+LLaVA-OneVision. Every family other than Qwen needs its own tokenizer,
+``train_tiny_tokenizer(corpus, family=...)``: its special tokens and chat format are in
+:data:`TOKENIZER_LAYOUTS`. All image processors are the PIL ("...ImageProcessorPil") variants.
 """
 
 from __future__ import annotations
@@ -88,7 +94,9 @@ QWEN_CHAT_TEMPLATE = (
     "{%- endif -%}"
 )
 
-SUPPORTED_FAMILIES: tuple[str, ...] = ("qwen2_5_vl", "qwen2_vl", "internvl", "idefics3", "smolvlm", "gemma3", "llava_onevision")
+SUPPORTED_FAMILIES: tuple[str, ...] = (
+    "qwen2_5_vl", "qwen2_vl", "internvl", "idefics3", "smolvlm", "gemma3", "llava_onevision",
+)
 
 _DEFAULT_CORPUS: tuple[str, ...] = (
     "how many red shapes ?",
@@ -187,7 +195,9 @@ TOKENIZER_LAYOUTS: dict[str, TokenizerLayout] = {
         eos_token="<|im_end|>",
         image_token="<IMG_CONTEXT>",
         # InternVLProcessor expands each <IMG_CONTEXT> placeholder to <img> + <IMG_CONTEXT> * n + </img>.
-        chat_template=_chat_template(_IM_OPEN, "<IMG_CONTEXT>\n", "<video>\n", "<|im_end|>\n", "<|im_start|>assistant\n"),
+        chat_template=_chat_template(
+            _IM_OPEN, "<IMG_CONTEXT>\n", "<video>\n", "<|im_end|>\n", "<|im_start|>assistant\n"
+        ),
         named_tokens=(
             ("start_image_token", "<img>"),
             ("end_image_token", "</img>"),
@@ -353,7 +363,8 @@ def train_tiny_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 
 
 @dataclass(frozen=True)
 class TinyVLMSpec:
-    """Sizes of a tiny vision-language model (Qwen2-VL / Qwen2.5-VL layout).
+    """Sizes of a tiny vision-language model (described for the Qwen2-VL / Qwen2.5-VL layout; the other
+    families use the same fields, see the comment above :func:`build_tiny_internvl`).
 
     With the defaults a ``image_size x image_size`` = 112x112 image is cut into (112/14)^2 = 64 patches of
     ``patch_size`` = 14 (x ``temporal_patch_size`` = 2 frames, Qwen duplicates a still image), merged
@@ -556,8 +567,11 @@ def build_tiny_qwen2_vl(tokenizer, spec: TinyVLMSpec = TinyVLMSpec(), seed: int 
 # --------------------------------------------------------------------------------------------------------
 # Other families. Same TinyVLMSpec sizes; each takes a tokenizer from train_tiny_tokenizer(family=...).
 # A 112x112 image becomes spec.image_tokens = 16 placeholder tokens in InternVL, Idefics3, SmolVLM and
-# Gemma 3 (64 patches of 14, merged 2x2 by pixel shuffle or 4x4 -> 2x2 average pooling); LLaVA-OneVision
-# keeps every patch and adds its anyres grid: 64 (base) + 64 (one grid tile) + 8 (row newlines) = 136.
+# Gemma 3 (8x8 patches of 14, merged spatial_merge_size x spatial_merge_size = 2x2 into 4x4: by pixel
+# shuffle, or by Gemma 3's average pooling); LLaVA-OneVision keeps every patch and adds its anyres grid:
+# 64 (base) + 64 (one grid tile) + 8 (row newlines) = 136. The vision_* fields size the ViT;
+# mrope_section, temporal_patch_size and window_size are Qwen-only. Text decoders: Qwen2 (InternVL,
+# LLaVA-OneVision), Llama (Idefics3, SmolVLM), Gemma 3; head_dim = hidden_size / num_heads throughout.
 # --------------------------------------------------------------------------------------------------------
 
 
@@ -756,11 +770,16 @@ def build_tiny_gemma3(tokenizer, spec: TinyVLMSpec = TinyVLMSpec(), seed: int = 
 
     ``tokenizer``: ``train_tiny_tokenizer(..., family="gemma3")``. ``mm_tokens_per_image =
     spec.image_tokens`` (16: the 8x8 patch grid average-pooled 2x2); each ``<start_of_image>`` of the prompt
-    becomes ``\n\n<start_of_image>`` + 16 ``<image_soft_token>`` + ``<end_of_image>\n\n``. The decoder
-    alternates sliding-window (window = ``spec.image_size``... see code) and full attention like Gemma 3
-    (all layers sliding except the last). Note Gemma 3 *scales* token embeddings by sqrt(hidden_size) inside
-    ``embed_tokens`` and its processor's ``image_token`` is ``<start_of_image>`` (the text placeholder),
-    while the model's ``image_token_id`` is ``<image_soft_token>``.
+    becomes ``\n\n<start_of_image>`` + 16 ``<image_soft_token>`` + ``<end_of_image>\n\n``. Like Gemma 3 the
+    decoder mixes sliding-window (64 tokens here) and full attention layers (all sliding but the last), and
+    attends bidirectionally within an image given ``token_type_ids`` (the processor returns them, TRL passes
+    them on).
+
+    Two Gemma 3 quirks: ``embed_tokens`` multiplies *text* embeddings by sqrt(hidden_size) (the projected
+    image features are not scaled), so hidden state 0 is the scaled embedding, as both
+    ``output_hidden_states`` and PEPO's hooks see it; and the processor's ``image_token`` is the text
+    placeholder ``<start_of_image>`` while the model replaces ``<image_soft_token>`` (``config.image_token_id``,
+    ``tokenizer.image_token``), which :func:`pepo.models.loading.image_token_id` accounts for.
     """
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessorPil
     from transformers import Gemma3Processor
