@@ -144,11 +144,15 @@ def test_tiny_end_to_end_run_writes_the_run_folder(tmp_path):
     assert model.config.image_token_id == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
 
 
-def test_train_from_local_checkpoint_and_jsonl_dataset_with_lora(tmp_path, tiny_vlm):
+def test_train_from_local_checkpoint_and_jsonl_dataset_with_lora(tmp_path, tiny_vlm, monkeypatch):
     """The real-checkpoint path: a saved model directory + a JSONL file with relative image paths."""
     from pepo.data.synthetic import make_split
     from pepo.models.loading import load_model_and_processor
+    from pepo.rewards import REWARDS
+    from tests.test_trainer import varied_reward
 
+    # An untrained model never matches an answer: exact match would give zero advantages and no update.
+    monkeypatch.setitem(REWARDS, "varied", varied_reward)
     model, processor = tiny_vlm
     ckpt = tmp_path / "ckpt"
     model.save_pretrained(ckpt)
@@ -166,7 +170,7 @@ def test_train_from_local_checkpoint_and_jsonl_dataset_with_lora(tmp_path, tiny_
     code = main([
         "train", "--model_name_or_path", str(ckpt), "--dataset", str(data), "--image_root", str(data.parent),
         "--image_column", "img", "--question_column", "problem", "--answer_column", "solution",
-        "--test_split", "none", "--reward_funcs", "exact_match", "--warm_start", "false", "--use_peft", "true",
+        "--test_split", "none", "--reward_funcs", "varied", "--warm_start", "false", "--use_peft", "true",
         "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj", "--per_device_train_batch_size", "8",
         "--num_generations", "4", "--max_completion_length", "6", "--max_steps", "2", "--learning_rate", "0.05",
         "--report_to", "none", "--save_strategy", "no", "--output_dir", str(out), "--logging_steps", "1",

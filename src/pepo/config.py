@@ -54,6 +54,13 @@ class ScriptArguments:
     image_column: str = field(default="image", metadata={"help": "Column holding the image (or list of images)."})
     question_column: str = field(default="question", metadata={"help": "Column holding the question text."})
     answer_column: str = field(default="answer", metadata={"help": "Column holding the verifiable answer."})
+    prompt_instruction: str | None = field(
+        default=None,
+        metadata={
+            "help": "Text appended to every question (after a blank line), e.g. the think/answer format instruction "
+            "of a recipe. `<image>` placeholders in questions are removed; images follow the text."
+        },
+    )
     image_root: str | None = field(
         default=None, metadata={"help": "Directory that relative image paths are resolved against (never escaped)."}
     )
@@ -96,7 +103,13 @@ class ScriptArguments:
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], metadata={"help": "LoRA target modules."}
     )
-    dry_run: bool = field(default=False, metadata={"help": "Resolve and validate everything, then stop before training."})
+    dry_run: bool = field(
+        default=False,
+        metadata={
+            "help": "Resolve and validate everything (options, batch arithmetic, every dataset row, reward names, the "
+            "processor's image token) without loading model weights, then stop."
+        },
+    )
 
 
 def demo_recipe_path() -> Path:

@@ -134,6 +134,40 @@ def _write_config(path: Path, script_args: ScriptArguments, training_args: PEPOC
     path.write_text(yaml.safe_dump({**plain(script_args), **plain(training_args)}, sort_keys=True))
 
 
+def _dry_run(script_args: ScriptArguments, training_args: PEPOConfig, data: Any, log: Callable[[str], None]) -> None:
+    """Validate what a run needs without loading weights: processor, image token, data, rewards, batch arithmetic."""
+    from pepo.models.loading import image_token_id, load_processor
+
+    if script_args.model_name_or_path == EMBEDDED:
+        from pepo.data.synthetic import text_corpus
+        from pepo.models.tiny import build_tiny_qwen2_5_vl, train_tiny_tokenizer
+
+        config, processor = build_tiny_qwen2_5_vl(train_tiny_tokenizer(text_corpus()))
+    else:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(script_args.model_name_or_path,
+                                            trust_remote_code=training_args.trust_remote_code)
+        processor = load_processor(script_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code)
+    token = image_token_id(config, processor, image_token=training_args.image_token)
+    # The processor must expand the image placeholder of every prompt (catches chat-template / format mismatches).
+    for name, split in data.items():
+        row = split[0]
+        text = processor.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
+        ids = processor(text=[text], images=[row["images"]], return_tensors="pt")["input_ids"]
+        if not (ids == token).any():
+            raise ValueError(f"split {name!r} row 0: the processor produced no image token (id {token}) for the prompt.")
+    global_batch = training_args.per_device_train_batch_size * training_args.world_size
+    log(
+        f"dry run OK: {len(data['train'])} train rows"
+        + (f", {len(data['test'])} test rows" if "test" in data else "")
+        + f"; image token id {token}; rewards {script_args.reward_funcs}; method {training_args.method} "
+        f"(loss {training_args.loss_type}); {global_batch} completions per step = "
+        f"{global_batch // training_args.num_generations} prompts x {training_args.num_generations} samples "
+        f"x {training_args.gradient_accumulation_steps} accumulation steps"
+    )
+
+
 def run_training(
     script_args: ScriptArguments, training_args: PEPOConfig, log: Callable[[str], None] = print
 ) -> RunResult:
@@ -154,6 +188,10 @@ def run_training(
             log(f"skipped {n} invalid rows in split {split!r} (--skip_invalid_rows)")
     reward_funcs = get_reward_funcs(script_args.reward_funcs)
 
+    if script_args.dry_run:
+        _dry_run(script_args, training_args, data, log)
+        return RunResult(out, {}, None, 0, 0.0)
+
     start = time.perf_counter()
     model, processor, ws_steps = build_model(script_args, training_args, data, log)
     from pepo.models.loading import image_token_id
@@ -165,9 +203,6 @@ def run_training(
         before = evaluate_accuracy(model, processor, test, reward_funcs[0], script_args.eval_max_new_tokens,
                                    desc="scoring before RL")
         log(f"held-out accuracy before RL: {before['overall']:.3f} on {int(before['n'])} items")
-    if script_args.dry_run:
-        log("dry run: configuration, data, model and processor are valid; stopping before training.")
-        return RunResult(out, before or {}, None, ws_steps, 0.0)
 
     peft_config = None
     if script_args.use_peft:

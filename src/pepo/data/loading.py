@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +59,28 @@ def resolve_image(value: Any, image_root: str | None, where: str) -> Image.Image
     raise DataError(f"{where}: no image (got {type(value).__name__}); every row needs an image.")
 
 
-def _prompt(question: str, n_images: int) -> list[dict]:
+_IMAGE_PLACEHOLDER = re.compile(r"<image>\s*")
+
+
+def _question_text(value: Any) -> Any:
+    """A question field may be plain text or a chat (``messages``): take the last user turn's text."""
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        users = [m for m in value if m.get("role") == "user"] or value
+        content = users[-1].get("content", "")
+        if isinstance(content, list):
+            content = " ".join(p.get("text") or "" for p in content if isinstance(p, dict))
+        return content
+    return value
+
+
+def _prompt(question: str, n_images: int, instruction: str | None = None) -> list[dict]:
     # Question before the image(s): tiny models condition on the question far better this way, and
-    # for large ones the order does not matter measurably.
-    content = [{"type": "text", "text": question}] + [{"type": "image"} for _ in range(n_images)]
+    # for large ones the order does not matter measurably. Dataset-side `<image>` markers (Geometry3K,
+    # the release's JSONL) are dropped: the chat template inserts the model's own image tokens.
+    text = _IMAGE_PLACEHOLDER.sub("", question).strip()
+    if instruction:
+        text = f"{text}\n\n{instruction}"
+    content = [{"type": "text", "text": text}] + [{"type": "image"} for _ in range(n_images)]
     return [{"role": "user", "content": content}]
 
 
@@ -73,6 +92,7 @@ def to_rl_rows(
     answer_column: str = "answer",
     image_root: str | None = None,
     skip_invalid_rows: bool = False,
+    instruction: str | None = None,
 ) -> tuple[Dataset, int]:
     """Map a raw dataset to RL rows, validating every row.
 
@@ -98,7 +118,7 @@ def to_rl_rows(
             if not raw_images:
                 raise DataError(f"{where}, field {image_column!r}: empty image list; every row needs an image.")
             images = [resolve_image(v, image_root, f"{where}, field {image_column!r}") for v in raw_images]
-            question = row[question_column]
+            question = _question_text(row[question_column])
             if not isinstance(question, str) or not question.strip():
                 raise DataError(f"{where}, field {question_column!r}: empty question.")
             answer = row[answer_column]
@@ -113,7 +133,8 @@ def to_rl_rows(
         extra = {k: v for k, v in row.items() if k not in (image_column, question_column, answer_column, "id")}
         extra = {k: v for k, v in extra.items() if not isinstance(v, Image.Image)}
         records.append(
-            {"id": row_id, "prompt": _prompt(question, len(images)), "images": images, "answer": str(answer), **extra}
+            {"id": row_id, "prompt": _prompt(question, len(images), instruction), "images": images,
+             "answer": str(answer), **extra}
         )
     if not records:
         raise DataError(f"split {split!r}: no valid rows ({skipped} skipped).")
@@ -182,6 +203,6 @@ def load_rl_data(args: Any, seed: int = 0) -> tuple[DatasetDict, dict[str, int]]
             data = data.select(range(args.num_test))
         out[role], skipped[role] = to_rl_rows(
             data, split, args.image_column, args.question_column, args.answer_column,
-            args.image_root, getattr(args, "skip_invalid_rows", False),
+            args.image_root, getattr(args, "skip_invalid_rows", False), getattr(args, "prompt_instruction", None),
         )
     return out, skipped

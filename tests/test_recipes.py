@@ -1,0 +1,91 @@
+"""Every shipped recipe resolves and validates (--dry_run) against a tiny stand-in model and local data of its format."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from datasets import Dataset, Features, Image as ImageFeature, Sequence, Value
+
+from pepo.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = sorted((ROOT / "recipes").glob("*/*/*.yaml"))
+
+
+def _generator():
+    spec = importlib.util.spec_from_file_location("recipes_generate", ROOT / "recipes" / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_recipe_files_match_the_generator_table():
+    generated = _generator().recipes()
+    assert sorted(generated) == RECIPES, "run `python recipes/generate.py` after editing its table"
+    import yaml
+
+    for path, (_, values) in generated.items():
+        assert yaml.safe_load(path.read_text()) == values, f"{path} differs from recipes/generate.py"
+
+
+@pytest.fixture(scope="module")
+def stand_ins(tmp_path_factory, request):
+    """A saved tiny Qwen2.5-VL and a local dataset folder in hiyouga/geometry3k's schema."""
+    from pepo.data.synthetic import make_split
+    from pepo.models.tiny import build_tiny_qwen2_5_vl
+
+    tmp = tmp_path_factory.mktemp("stand_ins")
+    tokenizer = request.getfixturevalue("tiny_tokenizer")
+    model, processor = build_tiny_qwen2_5_vl(tokenizer)
+    model.save_pretrained(tmp / "model")
+    processor.save_pretrained(tmp / "model")
+    features = Features({"images": Sequence(ImageFeature()), "problem": Value("string"), "answer": Value("string")})
+    data = tmp / "geometry3k"
+    data.mkdir()
+    for split, seed in (("train", 0), ("validation", 1), ("test", 2)):
+        rows = make_split(6, seed=seed)
+        Dataset.from_dict({
+            "images": [[r["image"]] for r in rows],
+            "problem": [f"<image>Find x. {r['prompt'][0]['content'][0]['text']}" for r in rows],
+            "answer": [r["answer"] for r in rows],
+        }, features=features).to_parquet(data / f"{split}.parquet")
+    return tmp
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[str(p.relative_to(ROOT / "recipes")) for p in RECIPES])
+def test_recipe_dry_run(recipe, stand_ins, tmp_path, capsys):
+    code = main([
+        "train", "--config", str(recipe), "--model_name_or_path", str(stand_ins / "model"),
+        "--dataset", str(stand_ins / "geometry3k"), "--bf16", "false", "--dry_run", "true",
+        "--output_dir", str(tmp_path / "out"), "--report_to", "none",
+    ])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "dry run OK: 6 train rows, 6 test rows" in out.out
+    assert "8 samples" in out.out
+
+
+def test_dry_run_reports_a_dataset_of_the_wrong_schema(stand_ins, tmp_path, capsys):
+    code = main([
+        "train", "--config", str(RECIPES[0]), "--model_name_or_path", str(stand_ins / "model"),
+        "--dataset", str(stand_ins / "geometry3k"), "--question_column", "question", "--bf16", "false",
+        "--dry_run", "true", "--output_dir", str(tmp_path / "out"),
+    ])
+    assert code == 2
+    assert "column(s) ['question'] not found" in capsys.readouterr().err
+
+
+def test_instruction_is_appended_and_image_markers_removed(stand_ins):
+    from argparse import Namespace
+
+    from pepo.data.loading import load_rl_data
+
+    args = Namespace(dataset=str(stand_ins / "geometry3k"), dataset_config=None, train_split="train",
+                     test_split="none", image_column="images", question_column="problem", answer_column="answer",
+                     image_root=None, num_test=0, skip_invalid_rows=False, prompt_instruction="Think first.")
+    data, _ = load_rl_data(args)
+    assert list(data) == ["train"]
+    text = data["train"][0]["prompt"][0]["content"][0]["text"]
+    assert text.startswith("Find x. ") and text.endswith("\n\nThink first.") and "<image>" not in text
