@@ -55,13 +55,13 @@ def main() -> None:
                             max_completion_length=6, report_to="none", bf16=False, use_cpu=True, save_strategy="no",
                             disable_tqdm=True, logging_steps=1000),
         )
-        loader = iter(trainer.get_train_dataloader())
+        prompts = next(iter(trainer.get_train_dataloader()))  # the same 8 prompts each step: fresh completions
         trainer.model.train()
         trainer.current_gradient_accumulation_steps = 1
 
         def rl_step():
             trainer._buffered_inputs = None
-            inputs = trainer._prepare_inputs(next(loader))
+            inputs = trainer._prepare_inputs(prompts)
             trainer.compute_loss(trainer.model, inputs).backward()
 
         stop = mp.Event()
