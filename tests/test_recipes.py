@@ -51,25 +51,72 @@ def stand_ins(tmp_path_factory, request):
             "problem": [f"<image>Find x. {r['prompt'][0]['content'][0]['text']}" for r in rows],
             "answer": [r["answer"] for r in rows],
         }, features=features).to_parquet(data / f"{split}.parquet")
+    _write_format_stand_ins(tmp, make_split)
     return tmp
+
+
+#: recipe folder (task) -> stand-in dataset folder of its format
+STAND_IN_OF_TASK = {
+    "geometry3k": "geometry3k", "refcoco": "grounding", "fgvc_aircraft": "classification",
+    "flower102": "classification", "puzzlevqa": "multiple_choice",
+}
+CLASSES = ("Boeing 737-200", "Airbus A320")
+
+
+def _write_format_stand_ins(tmp: Path, make_split) -> None:
+    """Local data in the grounding, classification (image folder) and multiple-choice recipes' schemas."""
+    grounding, puzzles = tmp / "grounding", tmp / "multiple_choice"
+    grounding.mkdir()
+    puzzles.mkdir()
+    for split, seed in (("train", 0), ("test", 2)):
+        rows = make_split(6, seed=seed)
+        Dataset.from_dict({
+            "image": [r["image"] for r in rows],
+            "question": [f"the shape number {i}" for i in range(6)],
+            "bbox": [[1.0, 2.0, r["image"].size[0] - 3.0, r["image"].size[1] - 4.0] for r in rows],
+        }, features=Features({"image": ImageFeature(), "question": Value("string"),
+                              "bbox": Sequence(Value("float64"))})).to_parquet(grounding / f"{split}.parquet")
+        Dataset.from_dict({
+            "image": [r["image"] for r in rows],
+            "question": [r["prompt"][0]["content"][0]["text"] for r in rows],
+            "options": [[r["answer"], "many", "none"] for r in rows],
+            "answer": [r["answer"] for r in rows],
+        }, features=Features({"image": ImageFeature(), "question": Value("string"),
+                              "options": Sequence(Value("string")), "answer": Value("string")}),
+        ).to_parquet(puzzles / f"{split}.parquet")
+    # root/<split>/<class>/*.png: 4 train images per class (the largest k_shot), 3 test images per class
+    for split, per_class, seed in (("train", 4, 3), ("test", 3, 4)):
+        rows = make_split(per_class * len(CLASSES), seed=seed)
+        for c, name in enumerate(CLASSES):
+            folder = tmp / "classification" / split / name
+            folder.mkdir(parents=True)
+            for k in range(per_class):
+                rows[c * per_class + k]["image"].save(folder / f"{k}.png")
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[str(p.relative_to(ROOT / "recipes")) for p in RECIPES])
 def test_recipe_dry_run(recipe, stand_ins, tmp_path, capsys):
+    import yaml
+
+    task = recipe.parent.parent.name
+    assert task in STAND_IN_OF_TASK, f"add a stand-in dataset for recipe folder {task!r}"
+    values = yaml.safe_load(recipe.read_text())
+    n_train = len(CLASSES) * values["k_shot"] if values.get("dataset_format") == "classification" else 6
     code = main([
         "train", "--config", str(recipe), "--model_name_or_path", str(stand_ins / "model"),
-        "--dataset", str(stand_ins / "geometry3k"), "--bf16", "false", "--dry_run", "true",
+        "--dataset", str(stand_ins / STAND_IN_OF_TASK[task]), "--bf16", "false", "--dry_run", "true",
         "--output_dir", str(tmp_path / "out"), "--report_to", "none",
     ])
     out = capsys.readouterr()
     assert code == 0, out.err
-    assert "dry run OK: 6 train rows, 6 test rows" in out.out
+    assert f"dry run OK: {n_train} train rows, 6 test rows" in out.out
     assert "8 samples" in out.out
 
 
 def test_dry_run_reports_a_dataset_of_the_wrong_schema(stand_ins, tmp_path, capsys):
     code = main([
-        "train", "--config", str(RECIPES[0]), "--model_name_or_path", str(stand_ins / "model"),
+        "train", "--config", str(ROOT / "recipes" / "geometry3k" / "qwen2_5_vl_3b" / "grpo.yaml"),
+        "--model_name_or_path", str(stand_ins / "model"),
         "--dataset", str(stand_ins / "geometry3k"), "--question_column", "question", "--bf16", "false",
         "--dry_run", "true", "--output_dir", str(tmp_path / "out"),
     ])

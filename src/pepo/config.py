@@ -67,6 +67,40 @@ class ScriptArguments:
     skip_invalid_rows: bool = field(
         default=False, metadata={"help": "Skip rows that fail validation (and report the count) instead of failing."}
     )
+    dataset_format: str = field(
+        default="generic",
+        metadata={
+            "help": "How rows are read and validated: generic (question/image/answer), grounding (referring "
+            "expression + box), classification (image folder or labelled images, optional k-shot), "
+            "multiple_choice (question + options). See pepo.data.adapters."
+        },
+    )
+    box_convention: str = field(
+        default="absolute_resized",
+        metadata={
+            "help": "grounding: frame of the boxes the model is asked for and scored in: absolute_resized "
+            "(Qwen2.5-VL: pixels of the image after smart_resize with min_pixels/max_pixels), absolute_original, "
+            "relative_1000 (Qwen2-VL style 0-1000)."
+        },
+    )
+    min_pixels: int = field(
+        default=3136,
+        metadata={"help": "grounding, absolute_resized: the processor's min_pixels (Qwen2.5-VL default 4*28*28)."},
+    )
+    max_pixels: int = field(
+        default=12845056,
+        metadata={"help": "grounding, absolute_resized: the processor's max_pixels (Qwen2.5-VL default 16384*28*28)."},
+    )
+    k_shot: int | None = field(
+        default=None,
+        metadata={"help": "classification: sample this many training images per class (deterministic in the seed)."},
+    )
+    classification_show_options: bool = field(
+        default=False, metadata={"help": "classification: list every class name in the prompt."}
+    )
+    options_column: str = field(
+        default="options", metadata={"help": "multiple_choice: column holding the list of option texts."}
+    )
     num_train: int = field(default=4000, metadata={"help": "synthetic: number of training items."})
     num_test: int = field(default=600, metadata={"help": "synthetic / any: number of held-out items scored (<= split size)."})
     reward_funcs: list[str] = field(
@@ -110,6 +144,16 @@ class ScriptArguments:
             "processor's image token) without loading model weights, then stop."
         },
     )
+
+    def __post_init__(self) -> None:
+        from pepo.data.adapters import check_box_convention, check_dataset_format
+
+        check_dataset_format(self.dataset_format)
+        check_box_convention(self.box_convention)
+        if self.k_shot is not None and self.k_shot < 1:
+            raise ValueError(f"k_shot must be >= 1 (or unset), got {self.k_shot}.")
+        if not 0 < self.min_pixels <= self.max_pixels:
+            raise ValueError(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels} / {self.max_pixels}.")
 
 
 def demo_recipe_path() -> Path:

@@ -99,13 +99,22 @@ def _image_mean(hidden: torch.Tensor, vision_mask: torch.Tensor, normalize: bool
     """(B, D) float32 mean over image positions of (optionally L2-normalised) hidden states."""
     batch, seq_len, dim = hidden.shape
     total = hidden.new_zeros((batch, dim), dtype=torch.float32)
-    for start in range(0, seq_len, _CHUNK):
-        chunk = hidden[:, start : start + _CHUNK].float()
-        if normalize:
-            chunk = F.normalize(chunk, dim=-1)
-        keep = vision_mask[:, start : start + _CHUNK, None]
-        # where, not multiply: a NaN in a text token must not leak into the image mean (0 * NaN = NaN)
-        total = total + torch.where(keep, chunk, 0.0).sum(dim=1)
+    positions = vision_mask.any(dim=0).nonzero()
+    if positions.numel() == 0:
+        return total
+    # Only the span that holds image tokens is read (in a VLM prompt, a small part of the sequence).
+    lo, hi = int(positions[0]), int(positions[-1]) + 1
+    for start in range(lo, hi, _CHUNK):
+        chunk = hidden[:, start : min(start + _CHUNK, hi)].float()
+        keep = vision_mask[:, start : start + chunk.shape[1]]
+        norms = torch.linalg.vector_norm(chunk, dim=-1)  # (B, k); non-finite iff the vector is (or overflows)
+        scale = 1.0 / norms.clamp_min(1e-12) if normalize else torch.ones_like(norms)
+        if torch.isfinite(norms[~keep]).all():
+            # sum_j w_j x_j as one batched mat-vec: no normalised or masked copy of the chunk
+            total = total + torch.bmm(torch.where(keep, scale, 0.0).unsqueeze(1), chunk).squeeze(1)
+        else:
+            # a NaN/inf outside the image tokens must not leak into the mean (0 * NaN = NaN)
+            total = total + torch.where(keep[..., None], chunk * scale[..., None], 0.0).sum(dim=1)
     counts = vision_mask.sum(dim=1, keepdim=True).clamp_min(1).to(torch.float32)
     return total / counts
 
@@ -117,9 +126,10 @@ def _completion_dot(hidden: torch.Tensor, completion_length: int, target: torch.
     parts = []
     for start in range(first, seq_len, _CHUNK):
         chunk = hidden[:, start : min(start + _CHUNK, seq_len)].float()
-        if normalize:
-            chunk = F.normalize(chunk, dim=-1)
-        parts.append(torch.einsum("bkd,bd->bk", chunk, target))
+        dots = torch.bmm(chunk, target.unsqueeze(2)).squeeze(2)  # (B, k), no normalised copy
+        if normalize:  # F.normalize's x / max(||x||, eps), applied to the dot product instead of x
+            dots = dots / torch.linalg.vector_norm(chunk, dim=-1).clamp_min(1e-12)
+        parts.append(dots)
     return torch.cat(parts, dim=1)
 
 

@@ -11,12 +11,12 @@ import io
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from datasets import Dataset, DatasetDict, load_dataset
 from PIL import Image
 
-__all__ = ["DataError", "resolve_image", "to_rl_rows", "load_rl_data", "validate_rl_rows"]
+__all__ = ["DataError", "resolve_image", "build_rows", "to_rl_rows", "load_rl_data", "validate_rl_rows"]
 
 
 class DataError(ValueError):
@@ -84,28 +84,30 @@ def _prompt(question: str, n_images: int, instruction: str | None = None) -> lis
     return [{"role": "user", "content": content}]
 
 
-def to_rl_rows(
+def build_rows(
     dataset: Dataset,
     split: str,
-    image_column: str = "image",
-    question_column: str = "question",
-    answer_column: str = "answer",
+    required: Sequence[str],
+    image_column: str,
+    make_record: Callable[[dict, list[Image.Image], str], dict],
     image_root: str | None = None,
     skip_invalid_rows: bool = False,
-    instruction: str | None = None,
+    consumed: Sequence[str] = (),
+    column_hint: str = "Map yours with --image_column / --question_column / --answer_column.",
 ) -> tuple[Dataset, int]:
-    """Map a raw dataset to RL rows, validating every row.
+    """The per-row machinery every dataset format shares; returns ``(rows, n_skipped)``.
 
-    Returns:
-        ``(rows, n_skipped)``. Without ``skip_invalid_rows`` the first invalid row raises
-        :class:`DataError` naming split, row index, id and field.
+    Checks the ``required`` columns exist, then for each row: duplicate ``id``, image loading (see
+    :func:`resolve_image`: missing, unreadable, or escaping ``image_root``), and the format's own checks in
+    ``make_record(row, images, where)``, which returns the row's ``prompt``/``answer``/extra fields or raises
+    :class:`DataError` naming ``where`` and the field. With ``skip_invalid_rows`` a failing row is skipped and
+    counted instead of raising. Columns neither in ``consumed`` nor holding PIL images are kept as extras
+    (they reach reward functions as keyword arguments); the record's own fields win over them.
     """
-    missing = [c for c in (image_column, question_column, answer_column) if c not in dataset.column_names]
+    missing = [c for c in dict.fromkeys(required) if c not in dataset.column_names]
     if missing:
-        raise DataError(
-            f"split {split!r}: column(s) {missing} not found; columns are {dataset.column_names}. "
-            "Map yours with --image_column / --question_column / --answer_column."
-        )
+        raise DataError(f"split {split!r}: column(s) {missing} not found; columns are {dataset.column_names}. {column_hint}")
+    dropped = set(consumed) | {image_column, "id"}
     records, skipped, seen = [], 0, set()
     for i, row in enumerate(dataset):
         row_id = str(row.get("id", i))
@@ -118,27 +120,50 @@ def to_rl_rows(
             if not raw_images:
                 raise DataError(f"{where}, field {image_column!r}: empty image list; every row needs an image.")
             images = [resolve_image(v, image_root, f"{where}, field {image_column!r}") for v in raw_images]
-            question = _question_text(row[question_column])
-            if not isinstance(question, str) or not question.strip():
-                raise DataError(f"{where}, field {question_column!r}: empty question.")
-            answer = row[answer_column]
-            if answer is None or not str(answer).strip():
-                raise DataError(f"{where}, field {answer_column!r}: empty answer; rewards need a ground truth.")
+            record = make_record(row, images, where)
         except DataError:
             if not skip_invalid_rows:
                 raise
             skipped += 1
             continue
         seen.add(row_id)
-        extra = {k: v for k, v in row.items() if k not in (image_column, question_column, answer_column, "id")}
-        extra = {k: v for k, v in extra.items() if not isinstance(v, Image.Image)}
-        records.append(
-            {"id": row_id, "prompt": _prompt(question, len(images), instruction), "images": images,
-             "answer": str(answer), **extra}
-        )
+        extra = {k: v for k, v in row.items() if k not in dropped and not isinstance(v, Image.Image)}
+        records.append({"id": row_id, **extra, **record, "images": images})
     if not records:
         raise DataError(f"split {split!r}: no valid rows ({skipped} skipped).")
     return Dataset.from_list(records), skipped
+
+
+def to_rl_rows(
+    dataset: Dataset,
+    split: str,
+    image_column: str = "image",
+    question_column: str = "question",
+    answer_column: str = "answer",
+    image_root: str | None = None,
+    skip_invalid_rows: bool = False,
+    instruction: str | None = None,
+) -> tuple[Dataset, int]:
+    """Map a raw dataset to RL rows, validating every row (the ``generic`` dataset format).
+
+    Returns:
+        ``(rows, n_skipped)``. Without ``skip_invalid_rows`` the first invalid row raises
+        :class:`DataError` naming split, row index, id and field.
+    """
+
+    def make_record(row: dict, images: list[Image.Image], where: str) -> dict:
+        question = _question_text(row[question_column])
+        if not isinstance(question, str) or not question.strip():
+            raise DataError(f"{where}, field {question_column!r}: empty question.")
+        answer = row[answer_column]
+        if answer is None or not str(answer).strip():
+            raise DataError(f"{where}, field {answer_column!r}: empty answer; rewards need a ground truth.")
+        return {"prompt": _prompt(question, len(images), instruction), "answer": str(answer)}
+
+    return build_rows(
+        dataset, split, (image_column, question_column, answer_column), image_column, make_record,
+        image_root, skip_invalid_rows, consumed=(question_column, answer_column),
+    )
 
 
 def validate_rl_rows(dataset: Dataset, split: str) -> None:
@@ -178,11 +203,19 @@ def _load_raw(dataset: str, config: str | None) -> DatasetDict:
 def load_rl_data(args: Any, seed: int = 0) -> tuple[DatasetDict, dict[str, int]]:
     """Load ``args.dataset`` (see :class:`pepo.config.ScriptArguments`) as validated RL rows.
 
+    ``args.dataset_format`` picks the adapter: ``generic`` (:func:`to_rl_rows`), or ``grounding``,
+    ``classification``, ``multiple_choice`` (see :mod:`pepo.data.adapters`). ``seed`` drives k-shot sampling.
+
     Returns:
         ``(splits, skipped)``: a DatasetDict with ``train`` and, if configured, ``test``; and the
         number of invalid rows skipped per split.
     """
+    from pepo.data.adapters import check_dataset_format, load_classification_raw, make_adapter
+
+    dataset_format = check_dataset_format(getattr(args, "dataset_format", "generic"))
     if args.dataset == "synthetic":
+        if dataset_format != "generic":
+            raise DataError(f"dataset synthetic: dataset_format must be 'generic', got {dataset_format!r}.")
         from pepo.data.synthetic import make_splits
 
         raw = make_splits(args.num_train, args.num_test, seed=seed)
@@ -191,16 +224,25 @@ def load_rl_data(args: Any, seed: int = 0) -> tuple[DatasetDict, dict[str, int]]
         for name, split in out.items():
             validate_rl_rows(split, name)
         return out, {name: 0 for name in out}
-    raw = _load_raw(args.dataset, args.dataset_config)
+    raw = None
+    if dataset_format == "classification":
+        raw = load_classification_raw(args)  # an image folder root/[split/]<class>/*.jpg, else None
+    if raw is None:
+        raw = _load_raw(args.dataset, args.dataset_config)
     test_split = None if str(args.test_split).lower() in ("", "none") else args.test_split
     wanted = [args.train_split] + ([test_split] if test_split else [])
-    out, skipped = DatasetDict(), {}
-    for role, split in zip(("train", "test"), wanted):
+    for split in wanted:
         if split not in raw:
             raise DataError(f"dataset {args.dataset}: split {split!r} not found; available: {list(raw)}.")
+    adapt = None if dataset_format == "generic" else make_adapter(dataset_format, args, raw[args.train_split], seed)
+    out, skipped = DatasetDict(), {}
+    for role, split in zip(("train", "test"), wanted):
         data = raw[split]
         if role == "test" and args.num_test and len(data) > args.num_test:
             data = data.select(range(args.num_test))
+        if adapt is not None:
+            out[role], skipped[role] = adapt(data, split, role)
+            continue
         out[role], skipped[role] = to_rl_rows(
             data, split, args.image_column, args.question_column, args.answer_column,
             args.image_root, getattr(args, "skip_invalid_rows", False), getattr(args, "prompt_instruction", None),
