@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import statistics
-import tempfile
 import time
 
 import torch
@@ -29,40 +28,23 @@ def main() -> None:
     parser.add_argument("--busy", action="store_true", help="keep one other core busy while timing")
     args = parser.parse_args()
 
-    from pepo.data.synthetic import make_split, synthetic_accuracy_reward, text_corpus
+    from benchmarks._tiny_setup import scratch_dir, tiny_trainer
     from pepo.eval.generation import encode_prompts
-    from pepo.models.tiny import build_tiny_qwen2_5_vl, train_tiny_tokenizer
     from pepo.sft import answer_completion, completion_loss
-    from pepo.trainer import PEPOConfig, PEPOTrainer
 
-    rows = make_split(64, seed=0).map(lambda r: {"images": [r["image"]]}, remove_columns=["image"])
-    tokenizer = train_tiny_tokenizer(text_corpus() + [answer_completion("3")])
-    model, processor = build_tiny_qwen2_5_vl(tokenizer)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    batch = encode_prompts(processor, rows["prompt"][:32], rows["images"][:32],
-                           [answer_completion(a) + tokenizer.eos_token for a in rows["answer"][:32]])
+    with scratch_dir() as tmp:
+        trainer, rl_step = tiny_trainer("pepo", tmp)
+        model, processor = trainer.model, trainer.processing_class
+        rows = trainer.train_dataset
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        batch = encode_prompts(processor, rows["prompt"][:32], rows["images"][:32],
+                               [answer_completion(a) + processor.tokenizer.eos_token for a in rows["answer"][:32]])
 
-    def sft_step():
-        loss = completion_loss(model, batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = PEPOTrainer(
-            model=model, reward_funcs=synthetic_accuracy_reward, train_dataset=rows, processing_class=processor,
-            args=PEPOConfig(output_dir=tmp, per_device_train_batch_size=64, num_generations=8, max_steps=1000,
-                            max_completion_length=6, report_to="none", bf16=False, use_cpu=True, save_strategy="no",
-                            disable_tqdm=True, logging_steps=1000),
-        )
-        prompts = next(iter(trainer.get_train_dataloader()))  # the same 8 prompts each step: fresh completions
-        trainer.model.train()
-        trainer.current_gradient_accumulation_steps = 1
-
-        def rl_step():
-            trainer._buffered_inputs = None
-            inputs = trainer._prepare_inputs(prompts)
-            trainer.compute_loss(trainer.model, inputs).backward()
+        def sft_step():
+            loss = completion_loss(model, batch)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
 
         stop = mp.Event()
         spinner = mp.Process(target=_spin, args=(stop,)) if args.busy else None

@@ -171,6 +171,15 @@ def test_image_folder_with_split_subfolders(tmp_path):
     assert Counter(data["test"]["answer"]) == {"cat": 1, "dog": 2}  # k-shot samples the train split only
 
 
+def test_a_folder_of_data_files_is_a_dataset_not_an_image_folder(tmp_path):
+    root = tmp_path / "hub_like"
+    _image_folder(root / "images", {"rose": 1, "tulip": 1})  # would look like root/<split>/<class>/ on its own
+    Dataset.from_dict({"image": ["images/rose/00.png", "images/tulip/00.png"], "name": ["rose", "tulip"]}
+                      ).to_parquet(root / "train.parquet")
+    data, _ = load_rl_data(_args(root, dataset_format="classification", answer_column="name", image_root=str(root)))
+    assert data["train"]["answer"] == ["rose", "tulip"]
+
+
 def test_a_class_with_too_few_images_is_named(tmp_path):
     root = _image_folder(tmp_path / "planes", {"A320": 4, "Cessna 172": 1})
     with pytest.raises(DataError, match=r"class 'Cessna 172' has 1 image\(s\), fewer than k_shot=2"):

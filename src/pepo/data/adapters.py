@@ -83,6 +83,7 @@ QWEN_MIN_PIXELS = 4 * 28 * 28  # 3136
 QWEN_MAX_PIXELS = 16384 * 28 * 28  # 12845056
 BOX_TOLERANCE = 1.0  # pixels a ground-truth box may spill outside the image (annotation rounding)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+DATA_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv", ".arrow")
 
 
 def check_dataset_format(value: str) -> str:
@@ -240,10 +241,10 @@ def image_folder_dataset(root: Path, image_column: str = "image", label_column: 
 
 def load_classification_raw(args: Any) -> DatasetDict | None:
     """An image folder as splits (``root/<split>/<class>/`` or ``root/<class>/`` = the train split); None if
-    ``args.dataset`` is not such a folder (then it is loaded like any dataset)."""
+    ``args.dataset`` is not such a folder, or holds data files (then it is loaded like any dataset)."""
     root = Path(args.dataset)
-    if not root.is_dir():
-        return None
+    if not root.is_dir() or any(f.suffix.lower() in DATA_SUFFIXES for f in root.rglob("*") if f.is_file()):
+        return None  # a folder of data files (e.g. parquet + an images/ folder) is a dataset, not an image folder
     subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     split_dirs = [d for d in subdirs if _is_class_root(d)]
     if split_dirs:
