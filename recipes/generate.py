@@ -129,6 +129,25 @@ TASKS = {
             "learning_rate": 1.0e-6, "max_completion_length": 512, "beta": 0.001, "gate_alpha": 0.1,
         },
     },
+    "virl39k": {
+        "comment": "Paper Task 5 (scaling: train on ViRL39K, evaluate on Geometry3K test, MathVista, We-Math, "
+        "MathVerse, LogicVista, SuperClevr Counting, MMMU-Pro); the paper reports GRPO and PEPO_G (and PAPO_G, not "
+        "implemented here) with Qwen2.5-VL. gate_alpha 0.1 (appendix text and table agree), lr 1e-6 (shared with "
+        "Task 1), completion 1024, beta 0.01. Rollout with vLLM colocated on the training GPUs at 0.6 memory "
+        "utilisation, as in the release's scripts (needs `pip install vllm`; drop the three vllm keys to sample "
+        "with transformers). Data: a local folder with a train file (.jsonl or .parquet): `image` (path relative "
+        "to --image_root, or a list of paths), `question`, `answer` (free-form or an option letter; the accuracy "
+        "reward routes letters to the choice matcher).",
+        "backbones": ["qwen2_5_vl_3b"],
+        "methods": ["grpo", "pepo_g"],
+        "fields": {
+            "dataset": "data/virl39k", "train_split": "train", "test_split": "none", "image_column": "image",
+            "question_column": "question", "answer_column": "answer", "prompt_instruction": THINK_ANSWER,
+            "reward_funcs": ["format", "accuracy"], "learning_rate": 1.0e-6, "max_completion_length": 1024,
+            "beta": 0.01, "gate_alpha": 0.1, "use_vllm": True, "vllm_mode": "colocate",
+            "vllm_gpu_memory_utilization": 0.6,
+        },
+    },
 }
 
 
@@ -144,7 +163,9 @@ def recipes() -> dict[Path, tuple[str, dict]]:
     out = {}
     for task, spec in TASKS.items():
         for backbone, model in BACKBONES.items():
-            methods = dict(METHODS)
+            if backbone not in spec.get("backbones", BACKBONES):
+                continue
+            methods = {k: v for k, v in METHODS.items() if k in spec.get("methods", METHODS)}
             if task == "geometry3k" and backbone == "qwen2_5_vl_3b":
                 methods.update(ABLATIONS)
             methods.update(spec.get("variants", {}))

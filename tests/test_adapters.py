@@ -268,3 +268,23 @@ def test_unknown_dataset_format_is_rejected_naming_the_choices(photo):
         load_rl_data(_args(photo / "x.jsonl", dataset_format="vqa"))
     script_args, _ = parse_train_args(["--dataset_format", "classification", "--k_shot", "4"])
     assert (script_args.dataset_format, script_args.k_shot) == ("classification", 4)
+
+
+@pytest.mark.parametrize(
+    "polygon",
+    [
+        [[64, 120], [320, 48], [200, 240], [100, 200]],  # one polygon
+        [[[64, 48], [100, 60], [90, 100]], [[300, 200], [320, 240], [310, 230]]],  # two parts of one object
+    ],
+)
+def test_lisa_style_polygons_become_their_bounding_box(photo, polygon):
+    data = Dataset.from_dict({"image": ["photo.png"], "question": ["the thing"], "answer": [json.dumps(polygon)]})
+    rows, _ = to_grounding_rows(data, "train", image_root=str(photo), box_convention="absolute_original")
+    assert json.loads(rows[0]["answer"]) == [64.0, 48.0, 320.0, 240.0]
+
+
+def test_degenerate_polygon_is_rejected(photo):
+    data = Dataset.from_dict({"image": ["photo.png"], "question": ["a line"],
+                              "answer": [json.dumps([[10, 10], [20, 10], [30, 10]])]})
+    with pytest.raises(DataError, match="empty or inverted"):
+        to_grounding_rows(data, "train", image_root=str(photo))

@@ -58,16 +58,17 @@ def stand_ins(tmp_path_factory, request):
 #: recipe folder (task) -> stand-in dataset folder of its format
 STAND_IN_OF_TASK = {
     "geometry3k": "geometry3k", "refcoco": "grounding", "fgvc_aircraft": "classification",
-    "flower102": "classification", "puzzlevqa": "multiple_choice",
+    "flower102": "classification", "puzzlevqa": "multiple_choice", "virl39k": "generic",
 }
 CLASSES = ("Boeing 737-200", "Airbus A320")
 
 
 def _write_format_stand_ins(tmp: Path, make_split) -> None:
     """Local data in the grounding, classification (image folder) and multiple-choice recipes' schemas."""
-    grounding, puzzles = tmp / "grounding", tmp / "multiple_choice"
+    grounding, puzzles, generic = tmp / "grounding", tmp / "multiple_choice", tmp / "generic"
     grounding.mkdir()
     puzzles.mkdir()
+    generic.mkdir()
     for split, seed in (("train", 0), ("test", 2)):
         rows = make_split(6, seed=seed)
         Dataset.from_dict({
@@ -84,6 +85,12 @@ def _write_format_stand_ins(tmp: Path, make_split) -> None:
         }, features=Features({"image": ImageFeature(), "question": Value("string"),
                               "options": Sequence(Value("string")), "answer": Value("string")}),
         ).to_parquet(puzzles / f"{split}.parquet")
+        Dataset.from_dict({
+            "image": [r["image"] for r in rows],
+            "question": [r["prompt"][0]["content"][0]["text"] for r in rows],
+            "answer": [r["answer"] for r in rows],
+        }, features=Features({"image": ImageFeature(), "question": Value("string"), "answer": Value("string")}),
+        ).to_parquet(generic / f"{split}.parquet")
     # root/<split>/<class>/*.png: 4 train images per class (the largest k_shot), 3 test images per class
     for split, per_class, seed in (("train", 4, 3), ("test", 3, 4)):
         rows = make_split(per_class * len(CLASSES), seed=seed)
@@ -109,7 +116,8 @@ def test_recipe_dry_run(recipe, stand_ins, tmp_path, capsys):
     ])
     out = capsys.readouterr()
     assert code == 0, out.err
-    assert f"dry run OK: {n_train} train rows, 6 test rows" in out.out
+    tested = ", 6 test rows" if values.get("test_split") != "none" else ""
+    assert f"dry run OK: {n_train} train rows{tested};" in out.out
     assert "8 samples" in out.out
 
 

@@ -8,6 +8,7 @@ logging step), ``checkpoint/`` (model + processor, loadable by ``pepo.models.loa
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import random
 import time
@@ -157,6 +158,9 @@ def _dry_run(script_args: ScriptArguments, training_args: PEPOConfig, data: Any,
         ids = processor(text=[text], images=[row["images"]], return_tensors="pt")["input_ids"]
         if not (ids == token).any():
             raise ValueError(f"split {name!r} row 0: the processor produced no image token (id {token}) for the prompt.")
+    if training_args.use_vllm and importlib.util.find_spec("vllm") is None:
+        log("note: use_vllm is set but vLLM is not installed in this environment; training here would stop at "
+            "start-up (pip install vllm, or drop use_vllm to sample with transformers).")
     global_batch = training_args.per_device_train_batch_size * training_args.world_size
     log(
         f"dry run OK: {len(data['train'])} train rows"

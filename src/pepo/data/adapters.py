@@ -128,12 +128,30 @@ def smart_resize(
 # --------------------------------------------------------------------------------------------- grounding
 
 
+def _polygon_points(value: Any) -> list[tuple[float, float]] | None:
+    """Points of a LISA-style polygon ([[x, y], ...], >= 3 points) or list of polygons; None if not one."""
+    if not isinstance(value, (list, tuple)) or not value:
+        return None
+    pairs = lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(  # noqa: E731
+        isinstance(c, (int, float)) and not isinstance(c, bool) for c in v)
+    if len(value) >= 3 and all(pairs(p) for p in value):
+        return [(float(x), float(y)) for x, y in value]
+    if all(isinstance(poly, (list, tuple)) and len(poly) >= 3 and all(pairs(p) for p in poly) for poly in value):
+        return [(float(x), float(y)) for poly in value for x, y in poly]
+    return None
+
+
 def _ground_truth_box(value: Any, where: str) -> tuple[float, float, float, float]:
+    """A box [x1, y1, x2, y2], or (LISA-grounding style) a polygon / list of polygons -> its bounding box."""
     if isinstance(value, str):
         try:
             value = json.loads(value)
         except ValueError:
             raise DataError(f"{where}: box {value!r} is not a JSON list [x1, y1, x2, y2].") from None
+    points = _polygon_points(value)
+    if points is not None:
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        value = [min(xs), min(ys), max(xs), max(ys)]
     if not isinstance(value, (list, tuple)) or len(value) != 4:
         raise DataError(f"{where}: box must be 4 numbers [x1, y1, x2, y2], got {value!r}.")
     if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
