@@ -144,3 +144,17 @@ def test_instruction_is_appended_and_image_markers_removed(stand_ins):
     assert list(data) == ["train"]
     text = data["train"][0]["prompt"][0]["content"][0]["text"]
     assert text.startswith("Find x. ") and text.endswith("\n\nThink first.") and "<image>" not in text
+
+
+@pytest.mark.parametrize("name, kind, stage", [("zero2", "DEEPSPEED", 2), ("zero3", "DEEPSPEED", 3), ("fsdp", "FSDP", None)])
+def test_accelerate_configs_load_with_accelerate(name, kind, stage):
+    """The shipped launch configs parse with accelerate's own loader (unknown keys would raise there)."""
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    config = ClusterConfig.from_yaml_file(str(ROOT / "recipes" / "accelerate" / f"{name}.yaml"))
+    assert config.distributed_type.name == kind and config.num_processes == 8
+    assert config.mixed_precision == "bf16"
+    if stage is not None:
+        assert config.deepspeed_config["zero_stage"] == stage
+    else:
+        assert config.fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
