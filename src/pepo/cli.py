@@ -86,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("demo", help="train the embedded tiny VLM with PEPO on CPU (no downloads, a few minutes)",
                    add_help=False)
     sub.add_parser("train", help="train with a recipe: pepo train --config R.yaml [--key value ...]", add_help=False)
+    sub.add_parser("eval", help="evaluate a checkpoint: avg@N / maj@N / pass@N, resumable; `pepo eval compare RUN...`",
+                   add_help=False)
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0
@@ -100,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _train(rest, base_demo=True)
     if command == "train":
         return _train(rest, base_demo=False)
+    if command == "eval":
+        from pepo.eval.cli import eval_main
+
+        return eval_main(rest)
     parser.print_help(sys.stderr)
     print(f"\npepo: error: unknown command {command!r}", file=sys.stderr)
     return 2
