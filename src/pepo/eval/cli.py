@@ -54,6 +54,8 @@ def eval_main(argv: Sequence[str]) -> int:
     parser.add_argument("--split", help="override the task's split")
     parser.add_argument("--image_root", help="folder that relative image paths resolve against")
     parser.add_argument("--limit", type=int, help="evaluate only the first K prompts")
+    parser.add_argument("--all_items", action="store_true",
+                        help="keep every item (MathVerse: add free-form; LogicVista: add multi-letter answers)")
     parser.add_argument("--num_samples", type=int, default=8, help="N of avg@N / maj@N / pass@N (paper: 8)")
     parser.add_argument("--temperature", type=float, default=1.0, help="paper: 1.0 (0 = greedy, then use N = 1)")
     parser.add_argument("--top_p", type=float, default=1.0)
@@ -70,7 +72,7 @@ def eval_main(argv: Sequence[str]) -> int:
     task = TASKS[args.task]
     out = Path(args.output_dir or Path("runs/eval") / Path(args.model.rstrip("/")).parent.name / args.task)
     try:
-        rows = load_task_rows(task, args.dataset, args.split, args.image_root, args.limit)
+        rows = load_task_rows(task, args.dataset, args.split, args.image_root, args.limit, all_items=args.all_items)
     except (DataError, ValueError) as err:
         print(f"pepo: error: {err}", file=sys.stderr)
         return 2

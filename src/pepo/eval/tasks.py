@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from argparse import Namespace
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
+from pepo.eval.scorers import letters_in, logicvista_score, mathverse_score, mathvista_score
 from pepo.rewards import REWARDS
 from pepo.rewards.exact_match import completion_text, extract_answer, normalize_answer
 
@@ -34,6 +35,11 @@ class EvalTask:
     columns: dict[str, str] = field(default_factory=dict)
     instruction: str | None = THINK_ANSWER
     max_new_tokens: int = 1024
+    config: str | None = None
+    #: per-completion scorer ``(completion, row) -> (score, extracted)``; default: the ``reward`` function
+    scorer: Callable[[Any, dict], tuple[float, str]] | None = None
+    #: the default subset (e.g. MathVerse's multiple-choice items); ``--all_items`` keeps every row
+    keep: Callable[[dict], bool] | None = None
 
 
 TASKS: dict[str, EvalTask] = {
@@ -52,6 +58,44 @@ TASKS: dict[str, EvalTask] = {
         columns={"image_column": "image", "question_column": "question", "answer_column": "bbox"},
         protocol="IoU@0.5 of the first [x1, y1, x2, y2] in <answer>, absolute pixels of the resized image",
     ),
+    "lisa_grounding": EvalTask(
+        dataset="data/lisa_grounding", split="test", reward="iou50", dataset_format="grounding", max_new_tokens=512,
+        columns={"image_column": "image", "question_column": "question", "answer_column": "bbox"},
+        protocol="IoU@0.5 of the predicted box with the bounding box of the LISA polygon(s), resized-image pixels",
+    ),
+    "mathvista": EvalTask(
+        dataset="AI4Math/MathVista", split="testmini", reward="accuracy", scorer=mathvista_score, max_new_tokens=2048,
+        columns={"image_column": "decoded_image", "question_column": "query", "answer_column": "answer"},
+        protocol="testmini; multiple choice: the letter (or the closest option text) must name the answer option; "
+        "free form: integer / float at the item's precision / text / list comparison",
+    ),
+    "mathverse": EvalTask(
+        dataset="AI4Math/MathVerse", config="testmini", split="testmini", reward="accuracy", scorer=mathverse_score,
+        max_new_tokens=2048, keep=lambda row: str(row.get("question_type", "")).startswith("multi"),
+        columns={"image_column": "image", "question_column": "question", "answer_column": "answer"},
+        protocol="testmini, multiple-choice items only (as the paper's release; --all_items adds free-form items, "
+        "scored with the math verifier); one letter must match",
+    ),
+    "logicvista": EvalTask(
+        dataset="data/logicvista", split="test", reward="choice", scorer=logicvista_score, max_new_tokens=2048,
+        keep=lambda row: len(letters_in(str(row["answer"]).upper())) == 1,
+        columns={"image_column": "image", "question_column": "question", "answer_column": "answer"},
+        protocol="single-letter items only (as the paper's release; --all_items adds multi-letter items, scored as "
+        "letter sets); the predicted letter set must equal the answer's",
+    ),
+    "fgvc_aircraft": EvalTask(
+        dataset="data/fgvc_aircraft", split="test", reward="choice", dataset_format="classification",
+        max_new_tokens=512, protocol="accuracy: the class name in <answer> equals the label (normalised)",
+    ),
+    "flower102": EvalTask(
+        dataset="data/flower102", split="test", reward="choice", dataset_format="classification",
+        max_new_tokens=512, protocol="accuracy: the class name in <answer> equals the label (normalised)",
+    ),
+    "algopuzzlevqa": EvalTask(
+        dataset="data/algopuzzlevqa", split="test", reward="choice", dataset_format="multiple_choice",
+        max_new_tokens=512, columns={"image_column": "image", "question_column": "question", "answer_column": "answer"},
+        protocol="top-1 accuracy: the option letter (or option text) in <answer> (out-of-distribution puzzles)",
+    ),
     "puzzlevqa": EvalTask(
         dataset="data/puzzlevqa", split="test", reward="choice", dataset_format="multiple_choice", max_new_tokens=512,
         columns={"image_column": "image", "question_column": "question", "answer_column": "answer"},
@@ -61,13 +105,17 @@ TASKS: dict[str, EvalTask] = {
 
 
 def load_task_rows(task: EvalTask, dataset: str | None = None, split: str | None = None,
-                   image_root: str | None = None, limit: int | None = None, num_test: int = 600) -> Any:
-    """The task's evaluation rows (``id``, ``prompt``, ``images``, ``answer``, ...) via the training adapters."""
+                   image_root: str | None = None, limit: int | None = None, num_test: int = 600,
+                   all_items: bool = False) -> Any:
+    """The task's evaluation rows (``id``, ``prompt``, ``images``, ``answer``, ...) via the training adapters.
+
+    The task's default subset (``keep``) applies unless ``all_items``; ``limit`` then takes the first rows.
+    """
     from pepo.data.loading import load_rl_data
 
     columns = {"image_column": "image", "question_column": "question", "answer_column": "answer", **task.columns}
     args = Namespace(
-        dataset=dataset or task.dataset, dataset_config=None, train_split=split or task.split, test_split="none",
+        dataset=dataset or task.dataset, dataset_config=None if dataset else task.config, train_split=split or task.split, test_split="none",
         image_root=image_root, num_train=0, num_test=num_test, skip_invalid_rows=False,
         prompt_instruction=task.instruction, dataset_format=task.dataset_format, box_convention="absolute_resized",
         min_pixels=3136, max_pixels=12845056, k_shot=None, classification_show_options=False,
@@ -79,6 +127,10 @@ def load_task_rows(task: EvalTask, dataset: str | None = None, split: str | None
     else:
         data, _ = load_rl_data(args)
         rows = data["train"]
+    if task.keep is not None and not all_items:
+        rows = rows.filter(task.keep)
+        if len(rows) == 0:
+            raise ValueError(f"no rows of {args.dataset} are in the task's default subset; pass --all_items.")
     return rows.select(range(min(limit, len(rows)))) if limit else rows
 
 
@@ -87,6 +139,9 @@ def make_scorer(task: EvalTask):
     reward = REWARDS[task.reward]
 
     def score(completions: list[str], row: dict) -> tuple[list[float], list[str]]:
+        if task.scorer is not None:
+            pairs = [task.scorer(c, row) for c in completions]
+            return [p[0] for p in pairs], [p[1] for p in pairs]
         columns = {k: [v] * len(completions) for k, v in row.items() if k not in ("prompt", "images")}
         scores = reward(completions=completions, **columns)
         extracted = [normalize_answer(extract_answer(completion_text(c))) for c in completions]
