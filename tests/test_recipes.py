@@ -158,3 +158,24 @@ def test_accelerate_configs_load_with_accelerate(name, kind, stage):
         assert config.deepspeed_config["zero_stage"] == stage
     else:
         assert config.fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+
+
+@pytest.mark.parametrize("task, stand_in, split", [
+    ("geometry3k", "geometry3k", "test"), ("refcoco", "grounding", "test"), ("lisa_grounding", "grounding", "test"),
+    ("fgvc_aircraft", "classification", "test"), ("flower102", "classification", "test"),
+    ("puzzlevqa", "multiple_choice", "test"), ("algopuzzlevqa", "multiple_choice", "test"),
+])
+def test_eval_task_scores_its_own_ground_truth(stand_ins, task, stand_in, split):
+    """Each eval task's chain (schema -> adapter -> prompt -> scorer): the true answer scores 1, a wrong one 0."""
+    from pepo.eval.tasks import TASKS, load_task_rows, make_scorer
+
+    spec = TASKS[task]
+    rows = load_task_rows(spec, str(stand_ins / stand_in), split)
+    assert len(rows) >= 2
+    score = make_scorer(spec)
+    for row in rows:
+        row = dict(row)
+        right, _ = score([f"<think>look</think><answer>{row['answer']}</answer>"], row)
+        wrong_answer = "[0, 0, 1, 1]" if spec.dataset_format == "grounding" else "Z9 none"
+        wrong, _ = score([f"<think>look</think><answer>{wrong_answer}</answer>"], row)
+        assert (right, wrong) == ([1.0], [0.0]), (task, row["answer"])
