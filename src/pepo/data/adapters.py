@@ -56,7 +56,7 @@ from typing import Any, Callable
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from PIL import Image
 
-from pepo.data.loading import DataError, _prompt, _question_text, build_rows
+from pepo.data.loading import DataError, _prompt, build_rows, required_question
 
 __all__ = [
     "DATASET_FORMATS",
@@ -196,9 +196,7 @@ def to_grounding_rows(
     def make_record(row: dict, images: list[Image.Image], where: str) -> dict:
         if len(images) != 1:
             raise DataError(f"{where}, field {image_column!r}: grounding needs exactly one image, got {len(images)}.")
-        expression = _question_text(row[question_column])
-        if not isinstance(expression, str) or not expression.strip():
-            raise DataError(f"{where}, field {question_column!r}: empty referring expression.")
+        expression = required_question(row, question_column, where)
         field_where = f"{where}, field {answer_column!r}"
         x1, y1, x2, y2 = _ground_truth_box(row[answer_column], field_where)
         w, h = images[0].size
@@ -424,9 +422,7 @@ def to_multiple_choice_rows(
     """Question + options rows -> RL rows with a letter ``answer`` and a ``choices`` column; ``(rows, n_skipped)``."""
 
     def make_record(row: dict, images: list[Image.Image], where: str) -> dict:
-        question = _question_text(row[question_column])
-        if not isinstance(question, str) or not question.strip():
-            raise DataError(f"{where}, field {question_column!r}: empty question.")
+        question = required_question(row, question_column, where)
         options = _options(row[options_column], f"{where}, field {options_column!r}")
         index = _answer_index(row[answer_column], options, f"{where}, field {answer_column!r}")
         listed = "\n".join(f"({chr(ord('A') + i)}) {o}" for i, o in enumerate(options))

@@ -73,6 +73,14 @@ def _question_text(value: Any) -> Any:
     return value
 
 
+def required_question(row: dict, column: str, where: str) -> str:
+    """The row's question text (plain or chat ``messages``); DataError naming the field when empty."""
+    question = _question_text(row[column])
+    if not isinstance(question, str) or not question.strip():
+        raise DataError(f"{where}, field {column!r}: empty question.")
+    return question
+
+
 def _prompt(question: str, n_images: int, instruction: str | None = None) -> list[dict]:
     # Question before the image(s): tiny models condition on the question far better this way, and
     # for large ones the order does not matter measurably. Dataset-side `<image>` markers (Geometry3K,
@@ -152,9 +160,7 @@ def to_rl_rows(
     """
 
     def make_record(row: dict, images: list[Image.Image], where: str) -> dict:
-        question = _question_text(row[question_column])
-        if not isinstance(question, str) or not question.strip():
-            raise DataError(f"{where}, field {question_column!r}: empty question.")
+        question = required_question(row, question_column, where)
         answer = row[answer_column]
         if answer is None or not str(answer).strip():
             raise DataError(f"{where}, field {answer_column!r}: empty answer; rewards need a ground truth.")
