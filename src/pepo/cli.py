@@ -75,6 +75,26 @@ def _train(argv: Sequence[str], base_demo: bool) -> int:
     return 0
 
 
+def _analyze(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="pepo analyze", description="Analyses of training runs.")
+    sub = parser.add_subparsers(dest="what", required=True)
+    dyn = sub.add_parser("dynamics", help="reward, response length, mean visual similarity and entropy per step, "
+                         "several runs overlaid (PNG + JSON)")
+    dyn.add_argument("runs", nargs="+", help="run folders (each with metrics.jsonl)")
+    dyn.add_argument("--out", default="runs/analysis", help="output folder (default: runs/analysis)")
+    dyn.add_argument("--title", default="", help="figure title (default: the run names)")
+    args = parser.parse_args(argv)
+    from pepo.analysis.dynamics import plot_dynamics
+
+    try:
+        png = plot_dynamics(args.runs, args.out, args.title)
+    except FileNotFoundError as err:
+        print(f"pepo: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {png} and {png.with_suffix('.json')}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
@@ -86,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("demo", help="train the embedded tiny VLM with PEPO on CPU (no downloads, a few minutes)",
                    add_help=False)
     sub.add_parser("train", help="train with a recipe: pepo train --config R.yaml [--key value ...]", add_help=False)
+    sub.add_parser("analyze", help="look inside runs: `pepo analyze dynamics RUN... [--out DIR]` (training curves "
+                   "overlaid, the paper's Figure 6)", add_help=False)
     sub.add_parser("eval", help="evaluate a checkpoint: avg@N / maj@N / pass@N, resumable; `pepo eval compare RUN...`",
                    add_help=False)
     if not argv or argv[0] in ("-h", "--help"):
@@ -102,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _train(rest, base_demo=True)
     if command == "train":
         return _train(rest, base_demo=False)
+    if command == "analyze":
+        return _analyze(rest)
     if command == "eval":
         from pepo.eval.cli import eval_main
 
