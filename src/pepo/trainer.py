@@ -309,32 +309,34 @@ class PEPOTrainer(GRPOTrainer):
 
     @torch.no_grad()
     def _log_token_stats(self, mask, scores, entropies, weights, fallback, seconds: float) -> None:
+        """Log PEPO's metrics for this micro-batch; every rank must call it (it reduces and gathers)."""
         mode = "train" if self.model.training else "eval"
         metrics = self._metrics[mode]
         maskf = mask.float()
-
-        def global_masked_mean(x: torch.Tensor) -> float:
-            totals = torch.stack([(x.float() * maskf).sum(), maskf.sum()])
-            totals = self.accelerator.reduce(totals, reduction="sum")
-            return (totals[0] / totals[1].clamp(min=1.0)).item()
-
+        zero = maskf.new_zeros(())
+        finite_scores = None if scores is None else torch.where(torch.isfinite(scores), scores, 0.0)
+        # One all-reduce (and one host sync) for every scalar this micro-batch logs.
+        totals = self.accelerator.reduce(torch.stack([
+            maskf.sum(),
+            zero if finite_scores is None else (finite_scores * maskf).sum(),
+            zero if entropies is None else (entropies.float() * maskf).sum(),
+            zero if fallback is None else fallback.sum().float(),
+        ]), reduction="sum").tolist()
+        tokens = max(totals[0], 1.0)
         metrics["pepo/progress"].append(self.progress)
         metrics["pepo/overhead_ms"].append(seconds * 1000.0)
         if scores is not None:
-            finite = torch.where(torch.isfinite(scores), scores.detach(), torch.zeros_like(scores))
-            metrics["pepo/vs_mean"].append(global_masked_mean(finite))
+            metrics["pepo/vs_mean"].append(totals[1] / tokens)
         if entropies is not None:
-            metrics["pepo/entropy_mean"].append(global_masked_mean(entropies))
+            metrics["pepo/entropy_mean"].append(totals[2] / tokens)
+        # Detached, on the training device: reading them is the inspector's cost, not the training step's.
         self.last_token_stats = {
-            "scores": None if scores is None else scores.detach().cpu(),
-            "entropies": None if entropies is None else entropies.detach().cpu(),
-            "weights": None if weights is None else weights.detach().cpu(),
-            "mask": mask.cpu(),
+            name: None if t is None else t.detach()
+            for name, t in (("scores", scores), ("entropies", entropies), ("weights", weights), ("mask", mask))
         }
         if weights is None:
             return
-        n_fallback = self.accelerator.reduce(fallback.sum().float(), reduction="sum")
-        metrics["pepo/uniform_fallback_rows"].append(n_fallback.item())
+        metrics["pepo/uniform_fallback_rows"].append(totals[3])
         # Every rank must join the gather, even one whose mask is empty, or the job hangs.
         valid = weights.detach()[mask].float()
         padded = self.accelerator.pad_across_processes(valid, dim=0, pad_index=-1.0)

@@ -49,13 +49,14 @@ from __future__ import annotations
 
 import hashlib
 import random
-import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 import datasets
 from PIL import Image, ImageDraw
+
+from pepo.rewards.exact_match import exact_match_reward
 
 __all__ = [
     "QUESTION_TYPES",
@@ -69,8 +70,6 @@ __all__ = [
     "answer_vocabulary",
     "text_corpus",
     "chance_accuracy",
-    "normalize_answer",
-    "extract_answer",
     "synthetic_accuracy_reward",
     "score_by_type",
 ]
@@ -511,76 +510,13 @@ def chance_accuracy(config: SyntheticConfig | None = None) -> dict[str, float]:
 # Reward / scoring
 # --------------------------------------------------------------------------------------------
 
-_ANSWER_SPAN = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
-
-
-def _completion_text(completion: Any) -> str:
-    # TRL passes plain strings for standard datasets and message lists for conversational ones;
-    # message content may itself be a list of typed parts in multimodal pipelines.
-    if completion is None:
-        return ""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, dict):
-        completion = [completion]
-    texts = []
-    for message in completion:
-        content = message.get("content") if isinstance(message, dict) else message
-        if isinstance(content, str):
-            texts.append(content)
-        elif isinstance(content, list):
-            texts.extend(
-                p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type", "text") == "text"
-            )
-    return "".join(texts)
-
-
-def normalize_answer(text: str) -> str:
-    """Normalise an answer for comparison: strip whitespace and trailing '.', lower-case.
-
-    Args:
-        text: A raw answer string.
-
-    Returns:
-        The normalised string (``" Yes. "`` -> ``"yes"``).
-    """
-    return text.strip().rstrip(".").strip().lower()
-
-
-def extract_answer(completion: Any) -> str:
-    """Extract the normalised prediction from a completion.
-
-    Args:
-        completion: A string, or a list of messages ``[{"role": "assistant", "content": ...}]``.
-
-    Returns:
-        The content of the FIRST ``<answer>...</answer>`` span if there is one, else the whole
-        text, normalised with :func:`normalize_answer`.  An unclosed ``<answer>`` tag is not a span.
-    """
-    text = _completion_text(completion)
-    match = _ANSWER_SPAN.search(text)
-    return normalize_answer(match.group(1) if match else text)
-
-
 def synthetic_accuracy_reward(completions: list[Any], answer: list[str], **kwargs: Any) -> list[float]:
-    """Exact-match accuracy reward with TRL's reward-function signature.
+    """Exact match of the first ``<answer>`` span (or the whole text) with ``answer``: TRL's reward signature.
 
-    Args:
-        completions: One completion per sample: strings or message lists.
-        answer: Ground-truth answers (the dataset's ``"answer"`` column), aligned with ``completions``.
-        **kwargs: Other dataset columns TRL forwards (ignored).
-
-    Returns:
-        ``1.0`` where :func:`extract_answer` equals the normalised ground truth, else ``0.0``.
-        An empty prediction always scores 0.  Nothing is ever evaluated as code.
+    The task's answers are single short words, so the shared :func:`pepo.rewards.exact_match_reward`
+    (NFKC, case-folded, trailing full stop dropped; empty predictions score 0) is the whole rule.
     """
-    if len(completions) != len(answer):
-        raise ValueError(f"{len(completions)} completions but {len(answer)} answers")
-    rewards = []
-    for completion, truth in zip(completions, answer):
-        pred = extract_answer(completion)
-        rewards.append(1.0 if pred and pred == normalize_answer(str(truth)) else 0.0)
-    return rewards
+    return exact_match_reward(completions, answer, **kwargs)
 
 
 def score_by_type(predictions: list[str], answers: list[str], question_types: list[str]) -> dict[str, float]:
@@ -597,7 +533,7 @@ def score_by_type(predictions: list[str], answers: list[str], question_types: li
     """
     if not (len(predictions) == len(answers) == len(question_types)):
         raise ValueError("predictions, answers and question_types must have the same length")
-    correct = synthetic_accuracy_reward(list(predictions), list(answers))
+    correct = exact_match_reward(list(predictions), list(answers))
     totals: Counter[str] = Counter()
     hits: Counter[str] = Counter()
     for qtype, c in zip(question_types, correct):

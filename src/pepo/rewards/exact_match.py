@@ -12,14 +12,17 @@ _ANSWER_SPAN = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
 def completion_text(completion: Any) -> str:
-    """Plain text of a TRL completion: a string, or a list of messages (last assistant content)."""
+    """Plain text of a TRL completion: a string, or a message / list of messages (the last one's content,
+    whose content may be a string or a list of typed parts). Anything else gives ``""``."""
     if isinstance(completion, str):
         return completion
+    if isinstance(completion, dict):
+        completion = [completion]
     if isinstance(completion, list) and completion:
         content = completion[-1].get("content", "") if isinstance(completion[-1], dict) else completion[-1]
         if isinstance(content, list):  # content parts
-            return "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        return str(content)
+            return "".join(p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type", "text") == "text")
+        return "" if content is None else str(content)
     return ""
 
 
@@ -36,8 +39,14 @@ def normalize_answer(text: str) -> str:
 
 
 def exact_match_reward(completions: list[Any], answer: list[str], **_: Any) -> list[float]:
-    """1.0 when the normalised prediction equals the normalised ground truth ``answer``, else 0.0."""
-    return [
-        float(normalize_answer(extract_answer(completion_text(c))) == normalize_answer(str(a)))
-        for c, a in zip(completions, answer)
-    ]
+    """1.0 when the normalised prediction equals the normalised ground truth ``answer``, else 0.0.
+
+    An empty prediction always scores 0; nothing is evaluated as code.
+    """
+    if len(completions) != len(answer):
+        raise ValueError(f"{len(completions)} completions but {len(answer)} answers")
+    rewards = []
+    for completion, truth in zip(completions, answer):
+        pred = normalize_answer(extract_answer(completion_text(completion)))
+        rewards.append(float(bool(pred) and pred == normalize_answer(str(truth))))
+    return rewards
