@@ -8,7 +8,49 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["eval_main", "compare_table"]
+__all__ = ["eval_main", "compare_table", "select_backend"]
+
+BACKENDS = ("auto", "transformers", "vllm")
+BACKEND_MARKER = "backend.txt"  # in the output folder: the backend its samples.jsonl was drawn with
+
+
+def select_backend(choice: str) -> str:
+    """``"vllm"`` or ``"transformers"``; ``auto`` = vLLM if it is installed and CUDA is available.
+
+    Raises:
+        ValueError: ``choice == "vllm"`` and vLLM is not installed (the message says what to do).
+    """
+    from pepo.eval.vllm_backend import MISSING_VLLM, vllm_available
+
+    if choice == "transformers":
+        return "transformers"
+    if choice == "vllm":
+        if not vllm_available():
+            raise ValueError(MISSING_VLLM)
+        return "vllm"
+    if choice != "auto":
+        raise ValueError(f"unknown backend {choice!r}; choose from {', '.join(BACKENDS)}")
+    import torch
+
+    return "vllm" if vllm_available() and torch.cuda.is_available() else "transformers"
+
+
+def _backend_conflict(out: Path, backend: str) -> str | None:
+    """An error message if ``out`` holds samples of another backend (its ``backend.txt``), else None.
+
+    A folder with ``samples.jsonl`` and no marker was written before backends existed: transformers.
+    """
+    marker = out / BACKEND_MARKER
+    if marker.is_file():
+        previous = marker.read_text().strip()
+    elif (out / "samples.jsonl").is_file():
+        previous = "transformers"
+    else:
+        previous = None
+    if previous is not None and previous != backend:
+        return (f"{out} holds samples drawn with the {previous} backend; resume with --backend {previous} "
+                "or choose another --output_dir (the backends draw different samples for the same seed)")
+    return None
 
 
 def compare_table(run_dirs: Sequence[str]) -> str:
@@ -29,7 +71,14 @@ def compare_table(run_dirs: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def _mark_backend(out: Path, backend: str) -> None:
+    """Record in ``out`` which backend its samples are drawn with."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / BACKEND_MARKER).write_text(backend + "\n")
+
+
 def eval_main(argv: Sequence[str]) -> int:
+    """``pepo eval ...`` / ``pepo eval compare ...``; returns the exit code (2: a named usage or data error)."""
     from pepo.eval.tasks import TASKS
 
     if argv and argv[0] == "compare":
@@ -45,8 +94,14 @@ def eval_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="pepo eval",
         description="Sample a checkpoint N times per prompt and score it with the task's rule-based scorer "
-        "(transformers backend, seeded per prompt). Results are written as they go; rerunning the same command "
-        "resumes. Also: `pepo eval compare RUN...`.",
+        "(seeded per prompt). Results are written as they go; rerunning the same command resumes. "
+        "Also: `pepo eval compare RUN...`.",
+        epilog="Backends: vLLM (offline LLM.generate, prompts in chunks of --vllm_chunk) or transformers "
+        "(model.generate, one prompt at a time). Both build the same chat-template prompts with the same images, "
+        "use the same per-prompt seeds and the same scorers; vLLM's sampler RNG differs from transformers', so "
+        "the same seed gives different but equally distributed samples (reproducible within a backend; an "
+        "output folder keeps the backend it was started with). The vLLM path is tested only against a fake "
+        "vllm module (no GPU in the test environment).",
     )
     parser.add_argument("--model", required=True, help="checkpoint directory or hub id (e.g. runs/demo/checkpoint)")
     parser.add_argument("--task", required=True, choices=sorted(TASKS), help="benchmark")
@@ -62,13 +117,30 @@ def eval_main(argv: Sequence[str]) -> int:
     parser.add_argument("--max_new_tokens", type=int, help="default: the task's")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output_dir", help="default: runs/eval/<model name>/<task>")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="auto (default): vllm if it is installed and a CUDA GPU is available, else transformers. "
+                        "vllm is tested here only against a fake vllm module; same seed, different samples than "
+                        "transformers (different sampler RNG)")
+    parser.add_argument("--gpu_memory_utilization", type=float, default=0.9, help="vLLM: fraction of GPU memory")
+    parser.add_argument("--tensor_parallel_size", type=int, default=1, help="vLLM: GPUs per model")
+    parser.add_argument("--max_model_len", type=int, help="vLLM: context length (default: the model's)")
+    parser.add_argument("--vllm_chunk", type=int, default=64,
+                        help="vLLM: prompts per generate call; results are written after each chunk")
     args = parser.parse_args(argv)
 
     from pepo.data.loading import DataError
     from pepo.eval.runner import EvalSettings, evaluate_rows, summarize
     from pepo.eval.tasks import load_task_rows, make_scorer
-    from pepo.models.loading import load_model_and_processor
+    from pepo.models.loading import load_model_and_processor, load_processor
 
+    try:
+        backend = select_backend(args.backend)
+    except ValueError as err:
+        print(f"pepo: error: {err}", file=sys.stderr)
+        return 2
+    if args.vllm_chunk < 1:
+        print("pepo: error: --vllm_chunk must be >= 1", file=sys.stderr)
+        return 2
     task = TASKS[args.task]
     out = Path(args.output_dir or Path("runs/eval") / Path(args.model.rstrip("/")).parent.name / args.task)
     try:
@@ -76,23 +148,52 @@ def eval_main(argv: Sequence[str]) -> int:
     except (DataError, ValueError) as err:
         print(f"pepo: error: {err}", file=sys.stderr)
         return 2
-    try:
-        model, processor = load_model_and_processor(args.model)
-    except (OSError, ValueError) as err:
-        print(f"pepo: error: checkpoint {args.model!r} could not be loaded: {err}", file=sys.stderr)
+    error = _backend_conflict(out, backend)
+    if error is not None:
+        print(f"pepo: error: {error}", file=sys.stderr)
         return 2
     settings = EvalSettings(args.num_samples, args.temperature, args.top_p,
                             args.max_new_tokens or task.max_new_tokens, args.seed)
-    samples = evaluate_rows(model, processor, [dict(r) for r in rows], make_scorer(task), out, settings)
-    summary = {"task": args.task, "model": args.model, "backend": "transformers", "protocol": task.protocol,
+    rows = [dict(r) for r in rows]
+    try:
+        if backend == "vllm":
+            model, processor = None, load_processor(args.model)
+        else:
+            model, processor = load_model_and_processor(args.model)
+    except (OSError, ValueError) as err:
+        print(f"pepo: error: checkpoint {args.model!r} could not be loaded: {err}", file=sys.stderr)
+        return 2
+    if backend == "vllm":
+        from pepo.eval.vllm_backend import VLLMGenerator, VLLMUnavailable
+
+        n_images = max((len(r["images"]) if isinstance(r.get("images"), list) else 1 for r in rows), default=1)
+        try:
+            generate = VLLMGenerator(args.model, processor, settings, max_images_per_prompt=n_images,
+                                     gpu_memory_utilization=args.gpu_memory_utilization,
+                                     tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len)
+        except VLLMUnavailable as err:
+            print(f"pepo: error: {err}", file=sys.stderr)
+            return 2
+        version = getattr(generate.vllm, "__version__", "unknown")
+        _mark_backend(out, backend)
+        samples = evaluate_rows(None, None, rows, make_scorer(task), out, settings, generate=generate,
+                                chunk_size=args.vllm_chunk)
+    else:
+        import transformers
+
+        version = transformers.__version__
+        _mark_backend(out, backend)
+        samples = evaluate_rows(model, processor, rows, make_scorer(task), out, settings)
+    summary = {"task": args.task, "model": args.model, "backend": backend, "backend_version": version,
+               "protocol": task.protocol,
                "num_samples": settings.num_samples, "temperature": settings.temperature, "top_p": settings.top_p,
                "max_new_tokens": settings.max_new_tokens, "seed": settings.seed, **summarize(samples)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     n = settings.num_samples
     table = (f"| task | prompts | avg@{n} | maj@{n} | pass@{n} |\n|---|---|---|---|---|\n"
              f"| {args.task} | {summary['prompts']} | {summary['avg']:.2f} | {summary['maj']:.2f} | {summary['pass']:.2f} |")
-    (out / "summary.md").write_text(f"{table}\n\nProtocol: {task.protocol}; backend transformers, T={settings.temperature}, "
-                                    f"top-p={settings.top_p}, seed {settings.seed}.\n")
+    (out / "summary.md").write_text(f"{table}\n\nProtocol: {task.protocol}; backend {backend} {version}, "
+                                    f"T={settings.temperature}, top-p={settings.top_p}, seed {settings.seed}.\n")
     print(table)
     print(f"\nresults: {out}")
     return 0

@@ -5,6 +5,11 @@ a prompt's samples do not depend on batching, on which prompts ran before it, or
 They are appended to ``samples.jsonl`` as N lines written in one call; on restart, complete prompts
 are kept, a prompt with fewer than N lines (or a torn last line) is dropped and regenerated, so no
 sample is lost or duplicated.
+
+Generation is a callable ``generate(rows) -> completions[i][k]`` (the N completions of each row),
+called on chunks of ``chunk_size`` prompts; each prompt of a chunk is written as soon as the chunk is
+done. :func:`transformers_generate` (the default, one prompt at a time) and
+:class:`pepo.eval.vllm_backend.VLLMGenerator` are the two backends.
 """
 
 from __future__ import annotations
@@ -21,7 +26,12 @@ from tqdm.auto import tqdm
 
 from pepo.eval.generation import generate_completions
 
-__all__ = ["EvalSettings", "prompt_seed", "read_samples", "evaluate_rows", "summarize"]
+__all__ = ["EvalSettings", "Generate", "prompt_seed", "read_samples", "transformers_generate", "evaluate_rows",
+           "summarize"]
+
+#: ``generate(rows) -> completions``: ``completions[i]`` holds the N sample texts of ``rows[i]``, seeded from
+#: ``prompt_seed(settings.seed, rows[i]["id"])`` so they do not depend on the other rows of the call.
+Generate = Callable[[Sequence[dict]], list[list[str]]]
 
 
 @dataclass
@@ -61,8 +71,30 @@ def read_samples(path: Path, num_samples: int) -> dict[str, list[dict]]:
     return complete
 
 
+def transformers_generate(model: torch.nn.Module, processor: Any, settings: EvalSettings) -> Generate:
+    """The transformers backend: each row's N samples in one ``model.generate`` call under its own seed.
+
+    The global torch RNG is seeded with :func:`prompt_seed` inside a forked RNG state, one row at a time
+    (batch size 1), so a row's samples are the same whichever rows come with it.
+    """
+
+    def generate(rows: Sequence[dict]) -> list[list[str]]:
+        out: list[list[str]] = []
+        for row in rows:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(prompt_seed(settings.seed, str(row["id"])))
+                out.append(generate_completions(
+                    model, processor, [row["prompt"]], [row["images"]], settings.max_new_tokens, batch_size=1,
+                    do_sample=settings.temperature > 0, temperature=settings.temperature, top_p=settings.top_p,
+                    num_return_sequences=settings.num_samples, show_progress=False,
+                )[0])
+        return out
+
+    return generate
+
+
 def evaluate_rows(
-    model: torch.nn.Module,
+    model: torch.nn.Module | None,
     processor: Any,
     rows: Sequence[dict],
     score: Callable[[list[str], dict], tuple[list[float], list[str]]],
@@ -70,41 +102,61 @@ def evaluate_rows(
     settings: EvalSettings,
     show_progress: bool = True,
     after_prompt: Callable[[int], None] | None = None,
+    *,
+    generate: Generate | None = None,
+    chunk_size: int = 1,
 ) -> dict[str, list[dict]]:
     """Sample every row ``settings.num_samples`` times and score it; resumes from ``out_dir/samples.jsonl``.
 
     Args:
+        model, processor: the transformers model and processor; used only when ``generate`` is None
+            (then ``generate = transformers_generate(model, processor, settings)``). Pass ``None, None``
+            with another backend.
         rows: dicts with ``id``, ``prompt``, ``images`` and the columns ``score`` needs.
         score: ``score(completions, row) -> (scores in [0, 1], extracted answers)``.
-        after_prompt: called with the number of prompts done (tests use it to interrupt a run).
+        after_prompt: called with the number of prompts done in this call, after each prompt is written
+            (tests use it to interrupt a run).
+        generate: ``generate(rows) -> completions[i][k]`` (see :data:`Generate`); a backend.
+        chunk_size: prompts per ``generate`` call; each prompt of a chunk is written (one write per prompt)
+            once the chunk returns, so an interruption loses at most the chunk in flight, which a rerun
+            regenerates with the same per-prompt seeds.
 
     Returns:
         id -> its N sample records (``id``, ``sample``, ``output``, ``extracted``, ``score``).
     """
+    if generate is None:
+        if model is None:
+            raise ValueError("evaluate_rows needs a model (transformers backend) or a generate callable")
+        generate = transformers_generate(model, processor, settings)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "samples.jsonl"
     done = read_samples(path, settings.num_samples)
     todo = [row for row in rows if str(row["id"]) not in done]
     bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc="evaluating", unit="prompt",
                disable=not show_progress)
-    for i, row in enumerate(todo):
-        pid = str(row["id"])
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(prompt_seed(settings.seed, pid))
-            outputs = generate_completions(
-                model, processor, [row["prompt"]], [row["images"]], settings.max_new_tokens, batch_size=1,
-                do_sample=settings.temperature > 0, temperature=settings.temperature, top_p=settings.top_p,
-                num_return_sequences=settings.num_samples, show_progress=False,
-            )[0]
-        scores, extracted = score(outputs, row)
-        records = [{"id": pid, "sample": k, "output": o, "extracted": e, "score": float(s)}
-                   for k, (o, e, s) in enumerate(zip(outputs, extracted, scores))]
-        with path.open("a") as f:
-            f.write("".join(json.dumps(r) + "\n" for r in records))  # one write per prompt
-        done[pid] = records
-        bar.update(1)
-        if after_prompt is not None:
-            after_prompt(i + 1)
+    n_done = 0
+    for start in range(0, len(todo), chunk_size):
+        chunk = todo[start : start + chunk_size]
+        completions = generate(chunk)
+        if len(completions) != len(chunk) or any(len(c) != settings.num_samples for c in completions):
+            raise RuntimeError(
+                f"the generation backend returned {[len(c) for c in completions]} completions for {len(chunk)} "
+                f"prompt(s); expected {settings.num_samples} each"
+            )
+        for row, outputs in zip(chunk, completions):
+            pid = str(row["id"])
+            scores, extracted = score(outputs, row)
+            records = [{"id": pid, "sample": k, "output": o, "extracted": e, "score": float(s)}
+                       for k, (o, e, s) in enumerate(zip(outputs, extracted, scores))]
+            with path.open("a") as f:
+                f.write("".join(json.dumps(r) + "\n" for r in records))  # one write per prompt
+            done[pid] = records
+            bar.update(1)
+            n_done += 1
+            if after_prompt is not None:
+                after_prompt(n_done)
     bar.close()
     return done
 
