@@ -76,22 +76,111 @@ def _train(argv: Sequence[str], base_demo: bool) -> int:
 
 
 def _analyze(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="pepo analyze", description="Analyses of training runs.")
+    parser = argparse.ArgumentParser(
+        prog="pepo analyze", description="Look inside a model or a run: token heatmaps, the paper's token-level "
+        "analyses (`tokens`), training curves (`dynamics`).")
     sub = parser.add_subparsers(dest="what", required=True)
     dyn = sub.add_parser("dynamics", help="reward, response length, mean visual similarity and entropy per step, "
                          "several runs overlaid (PNG + JSON)")
     dyn.add_argument("runs", nargs="+", help="run folders (each with metrics.jsonl)")
     dyn.add_argument("--out", default="runs/analysis", help="output folder (default: runs/analysis)")
     dyn.add_argument("--title", default="", help="figure title (default: the run names)")
+    tok = sub.add_parser(
+        "tokens", help="sample responses from a checkpoint and write token heatmaps (HTML + PNG), similarity "
+        "distributions of correct vs incorrect responses, hidden-state shift without the image, top words by "
+        "similarity and entropy, and an index.md",
+        description="Sample responses from a checkpoint on a task, score every token (visual similarity, entropy, "
+        "PEPO weight, hidden-state shift without the image) and write the paper's token-level figures. "
+        "Example: pepo analyze tokens --model runs/demo/checkpoint --task synthetic --limit 200")
+    tok.add_argument("--model", required=True, help="checkpoint directory or hub id (e.g. runs/demo/checkpoint)")
+    tok.add_argument("--task", default="synthetic", help="an eval task name (see `pepo eval --help`); default synthetic")
+    tok.add_argument("--dataset", help="override the task's dataset (local path or hub id of the same schema)")
+    tok.add_argument("--split", help="override the task's split")
+    tok.add_argument("--image_root", help="folder that relative image paths resolve against")
+    tok.add_argument("--limit", type=int, default=200, help="number of prompts (default 200)")
+    tok.add_argument("--num_samples", type=int, default=1, help="responses per prompt (default 1)")
+    tok.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy); entropies "
+                     "are computed at this temperature, as in training")
+    tok.add_argument("--top_p", type=float, default=1.0)
+    tok.add_argument("--max_new_tokens", type=int, help="default: the task's")
+    tok.add_argument("--batch_size", type=int, default=8, help="prompts per forward (memory is bounded by one batch)")
+    tok.add_argument("--shift", choices=["blank", "remove", "none"], default="blank",
+                     help="counterfactual for the hidden-state shift: blank the image (mean colour, same size), remove "
+                     "it from the prompt, or skip (default blank)")
+    tok.add_argument("--score_type", help="similarity: cosine | dot | l2 | l1 (default: the run's config.yaml next "
+                     "to the checkpoint, else cosine)")
+    tok.add_argument("--gate_alpha", type=float, help="default: the run's config.yaml, else 0.05")
+    tok.add_argument("--gate_temperature", type=float, help="default: the run's config.yaml, else 1.8")
+    tok.add_argument("--top_k", type=int, default=10, help="K of the top-K / bottom-K similarity statistics")
+    tok.add_argument("--heatmap_pngs", type=int, default=4, help="responses that also get a PNG heatmap")
+    tok.add_argument("--seed", type=int, default=0)
+    tok.add_argument("--out", help="output folder (default: runs/analysis/<model>/<task>)")
     args = parser.parse_args(argv)
-    from pepo.analysis.dynamics import plot_dynamics
+    if args.what == "dynamics":
+        from pepo.analysis.dynamics import plot_dynamics
 
+        try:
+            png = plot_dynamics(args.runs, args.out, args.title)
+        except FileNotFoundError as err:
+            print(f"pepo: error: {err}", file=sys.stderr)
+            return 2
+        print(f"wrote {png} and {png.with_suffix('.json')}")
+        return 0
+    return _analyze_tokens(args)
+
+
+def _run_config_defaults(model: str) -> dict:
+    """PEPO settings of the run a checkpoint came from (``<run>/config.yaml`` next to ``<run>/checkpoint``)."""
+    from pathlib import Path
+
+    import yaml
+
+    for candidate in (Path(model) / "config.yaml", Path(model).parent / "config.yaml"):
+        if candidate.is_file():
+            config = yaml.safe_load(candidate.read_text()) or {}
+            return {"score_type": config.get("vision_score_type"), "gate_alpha": config.get("gate_alpha"),
+                    "gate_temperature": config.get("gate_temperature")}
+    return {}
+
+
+def _analyze_tokens(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pepo.analysis.token_report import analyze_tokens
+    from pepo.analysis.tokens import TokenAnalysisSettings
+    from pepo.data.loading import DataError
+    from pepo.eval.tasks import TASKS, load_task_rows, make_scorer
+    from pepo.models.loading import image_token_id, load_model_and_processor
+
+    if args.task not in TASKS:
+        print(f"pepo: error: unknown task {args.task!r}; choose one of {sorted(TASKS)}", file=sys.stderr)
+        return 2
+    task = TASKS[args.task]
+    defaults = {"score_type": "cosine", "gate_alpha": 0.05, "gate_temperature": 1.8}
+    from_run = {k: v for k, v in _run_config_defaults(args.model).items() if v is not None}
+    chosen = {k: getattr(args, k) if getattr(args, k) is not None else from_run.get(k, defaults[k]) for k in defaults}
     try:
-        png = plot_dynamics(args.runs, args.out, args.title)
-    except FileNotFoundError as err:
+        settings = TokenAnalysisSettings(
+            temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens or task.max_new_tokens,
+            num_samples=args.num_samples, batch_size=args.batch_size, shift=args.shift, seed=args.seed, **chosen)
+        rows = load_task_rows(task, args.dataset, args.split, args.image_root, args.limit)
+    except (DataError, ValueError) as err:
         print(f"pepo: error: {err}", file=sys.stderr)
         return 2
-    print(f"wrote {png} and {png.with_suffix('.json')}")
+    try:
+        model, processor = load_model_and_processor(args.model)
+    except (OSError, ValueError) as err:
+        print(f"pepo: error: checkpoint {args.model!r} could not be loaded: {err}", file=sys.stderr)
+        return 2
+    name = Path(args.model.rstrip("/"))
+    name = name.parent.name if name.name == "checkpoint" else name.name
+    out = Path(args.out or Path("runs/analysis") / name / args.task)
+    meta = {"model": args.model, "task": args.task, "dataset": args.dataset or task.dataset,
+            "split": args.split or task.split, "prompts": len(rows)}
+    summary = analyze_tokens(model, processor, rows, make_scorer(task), out, settings, meta,
+                             image_token_id(model, processor), heatmap_pngs=args.heatmap_pngs, top_k=args.top_k)
+    print(f"{summary['responses']} responses, mean reward {summary['mean_reward']:.3f}")
+    print(f"results: {out / 'index.md'} (heatmaps: {out / 'heatmaps' / 'index.html'})")
     return 0
 
 
@@ -106,8 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("demo", help="train the embedded tiny VLM with PEPO on CPU (no downloads, a few minutes)",
                    add_help=False)
     sub.add_parser("train", help="train with a recipe: pepo train --config R.yaml [--key value ...]", add_help=False)
-    sub.add_parser("analyze", help="look inside runs: `pepo analyze dynamics RUN... [--out DIR]` (training curves "
-                   "overlaid, the paper's Figure 6)", add_help=False)
+    sub.add_parser("analyze", help="look inside: `pepo analyze tokens --model CKPT [--task T]` (token heatmaps, "
+                   "Figures 2-3), `pepo analyze dynamics RUN...` (training curves, Figure 6)", add_help=False)
     sub.add_parser("eval", help="evaluate a checkpoint: avg@N / maj@N / pass@N, resumable; `pepo eval compare RUN...`",
                    add_help=False)
     if not argv or argv[0] in ("-h", "--help"):
