@@ -225,7 +225,7 @@ body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans
 h1 { font-size: 1.25em; margin-bottom: 0.2em; }
 .sub { color: #555; font-size: 0.9em; }
 .top { display: flex; gap: 1.2em; align-items: flex-start; flex-wrap: wrap; margin: 1em 0; }
-.top img { max-width: 100%; border: 1px solid #ccc; }
+.top img { max-width: 100%; min-width: 224px; image-rendering: pixelated; border: 1px solid #ccc; }
 .qa { flex: 1; min-width: 300px; }
 .qa pre { white-space: pre-wrap; font-family: inherit; margin: 0.2em 0 0.8em; background: #f6f6f6;
           padding: 0.4em 0.6em; border-radius: 4px; }

@@ -12,6 +12,7 @@ hidden states. Keys:
 ``image``      path of the prompt's (first) image, relative to the analysis folder (str)
 ``response``   the decoded response (str); equals ``"".join(tokens)``
 ``tokens``     the response's tokens, each decoded to text (list[str], length C_i)
+``token_ids``  the response's token ids (list[int], length C_i), so a record can be re-scored exactly
 ``similarity`` visual similarity per token: cosine between the token's hidden state and the mean
                image-token hidden state, averaged over all hidden states (list[float], unitless,
                in [-1, 1]); exactly ``pepo.weights.visual_similarity`` for this response
@@ -46,6 +47,7 @@ class ResponseRecord(TypedDict):
     image: str
     response: str
     tokens: list[str]
+    token_ids: list[int]
     similarity: list[float]
     entropy: list[float]
     weight: list[float]
@@ -57,9 +59,9 @@ class ResponseRecord(TypedDict):
 def check_record(record: dict) -> None:
     """Raise ``ValueError`` naming the field if a record's per-token lists do not match its tokens."""
     n = len(record["tokens"])
-    for key in TOKEN_FIELDS + ("shift",):
+    for key in TOKEN_FIELDS + ("shift", "token_ids"):
         values = record.get(key)
-        if key == "shift" and values is None:
+        if key in ("shift", "token_ids") and values is None:
             continue
         if values is None or len(values) != n:
             got = "missing" if values is None else f"{len(values)} values"

@@ -71,7 +71,6 @@ def analyze_tokens(
     Returns:
         A summary dict: number of responses, mean reward, and each figure's key numbers.
     """
-    rows = [dict(r) for r in rows]  # a datasets.Dataset iterates as dicts
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     meta = {**meta, **asdict(settings)}
@@ -87,8 +86,7 @@ def analyze_tokens(
     rewards: list[float] = []
     pngs: list[Path] = []
     with HeatmapWriter(out_dir, meta) as heatmaps, (out_dir / "records.jsonl").open("w") as records_file:
-        for start in range(0, len(rows), settings.batch_size):
-            batch = rows[start : start + settings.batch_size]
+        for start, batch in _batches(rows, settings.batch_size):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(settings.seed * 1_000_003 + start)
                 ids = generate_completion_ids(model, processor, [r["prompt"] for r in batch],
@@ -114,6 +112,7 @@ def analyze_tokens(
                         "id": str(row["id"]), "sample": k, "question": question_text(row["prompt"]),
                         "answer": str(row.get("answer", "")), "image": str(image_path),
                         "tokens": [tokenizer.decode([t], skip_special_tokens=False) for t in ids[i]],
+                        "token_ids": list(ids[i]),
                         "similarity": token_values["similarity"], "entropy": token_values["entropy"],
                         "weight": token_values["weight"],
                         "shift": token_values["layer_shift"].mean(dim=0).tolist()
@@ -149,6 +148,16 @@ def analyze_tokens(
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     _write_index(out_dir, meta, summary)
     return summary
+
+
+def _batches(rows: Sequence[dict], size: int):
+    """``(start, [row dicts])`` per batch; a ``datasets.Dataset`` is read (and its images decoded) a batch at a time."""
+    for start in range(0, len(rows), size):
+        stop = min(start + size, len(rows))
+        if hasattr(rows, "select"):
+            yield start, [dict(r) for r in rows.select(range(start, stop))]
+        else:
+            yield start, [dict(r) for r in rows[start:stop]]
 
 
 def _fmt(value: Any, digits: int = 3) -> str:

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from PIL import Image, ImageStat
 
+from pepo.eval.generation import encode_prompts
 from pepo.hooks import VisualScoreCapture, find_text_decoder
 from pepo.weights import pepo_token_weights, rows_without_image, token_entropy
 
@@ -81,11 +82,12 @@ def _without_images(prompt: list[dict]) -> list[dict]:
 
 
 def _encode(processor: Any, prompts: Sequence[list[dict]], images: Sequence[list[Image.Image]] | None) -> dict:
+    """Left-padded processor batch; ``images=None`` for prompts whose image parts were removed."""
+    if images is not None:
+        return dict(encode_prompts(processor, prompts, images))
     texts = [processor.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
     processor.tokenizer.padding_side = "left"
-    if images is None:
-        return dict(processor(text=texts, padding=True, return_tensors="pt"))
-    return dict(processor(text=texts, images=[list(i) for i in images], padding=True, return_tensors="pt"))
+    return dict(processor(text=texts, padding=True, return_tensors="pt"))
 
 
 def _left_pad(batch: dict, length: int, pad_id: int) -> dict:
