@@ -108,6 +108,10 @@ def test_settings_errors_name_the_field():
         TokenAnalysisSettings(shift="erase")
     with pytest.raises(ValueError, match="batch_size"):
         TokenAnalysisSettings(batch_size=0)
+    with pytest.raises(ValueError, match="score_type"):
+        TokenAnalysisSettings(score_type="cos")
+    with pytest.raises(ValueError, match="gate_temperature"):
+        TokenAnalysisSettings(gate_temperature=0)
 
 
 def test_shift_analysis_groups_and_correlation_against_literal_values():

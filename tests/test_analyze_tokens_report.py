@@ -125,6 +125,8 @@ def test_cli_reads_the_run_config_and_reports_errors(tiny_vlm, tmp_path, capsys)
     assert "results:" in capsys.readouterr().out
     assert main(["analyze", "tokens", "--model", str(run / "checkpoint"), "--task", "nope"]) == 2
     assert "unknown task 'nope'" in capsys.readouterr().err
+    assert main(["analyze", "tokens", "--model", str(run / "checkpoint"), "--score_type", "cos"]) == 2
+    assert "score_type must be one of" in capsys.readouterr().err
     assert main(["analyze", "tokens", "--model", str(tmp_path / "missing"), "--limit", "1",
                  "--out", str(tmp_path / "x")]) == 2
     assert "could not be loaded" in capsys.readouterr().err

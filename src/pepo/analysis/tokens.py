@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 SHIFT_MODES = ("blank", "remove", "none")
+SCORE_TYPES = ("cosine", "dot", "l2", "l1")
 
 
 @dataclass
@@ -58,6 +59,12 @@ class TokenAnalysisSettings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
+        if self.score_type not in SCORE_TYPES:
+            raise ValueError(f"score_type must be one of {SCORE_TYPES}, got {self.score_type!r}")
+        if not self.gate_alpha >= 0:
+            raise ValueError(f"gate_alpha must be >= 0, got {self.gate_alpha!r}")
+        if not self.gate_temperature > 0:
+            raise ValueError(f"gate_temperature must be > 0, got {self.gate_temperature!r}")
 
 
 def blank_image(image: Image.Image) -> Image.Image:
