@@ -28,12 +28,12 @@ def main() -> None:
     parser.add_argument("--busy", action="store_true", help="keep one other core busy while timing")
     args = parser.parse_args()
 
-    from benchmarks._tiny_setup import scratch_dir, tiny_trainer
+    from benchmarks._trainer_setup import scratch_dir, step_trainer
     from pepo.eval.generation import encode_prompts
     from pepo.sft import answer_completion, completion_loss
 
     with scratch_dir() as tmp:
-        trainer, rl_step = tiny_trainer("pepo", tmp)
+        trainer, rl_step = step_trainer("pepo", tmp)
         model, processor = trainer.model, trainer.processing_class
         rows = trainer.train_dataset
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)

@@ -1,20 +1,25 @@
 """Peak memory of the loss + backward: GRPO vs PEPO (detached) vs PEPO with weights in the autograd graph.
 
-Same tiny model, prompts and sampled completions for all three (generated once, then reused); the
-peak is the maximum over time of live CPU allocations recorded by torch.profiler (allocations minus
-frees, in event order) during ``compute_loss`` + ``backward``, relative to the live bytes at its start.
+Same model, prompts and sampled completions for all three (generated once, then reused). On a CPU
+the peak is the maximum over time of live allocations recorded by torch.profiler (allocations minus
+frees, in event order) during ``compute_loss`` + ``backward``, relative to the live bytes at its
+start; on CUDA it is ``torch.cuda.max_memory_allocated`` over the same span minus the bytes allocated
+at its start.
 
-    python -m benchmarks.peak_memory
+    python -m benchmarks.peak_memory                                   # the demo's tiny model, CPU
+    python -m benchmarks.peak_memory --size 3b --device cuda           # Qwen2.5-VL-3B-sized, bf16, SDPA
 """
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 
-from benchmarks._tiny_setup import scratch_dir, tiny_trainer
+from benchmarks._trainer_setup import add_model_arguments, describe, model_settings, scratch_dir, step_trainer, use_method
 
 
-def _peak_bytes(fn) -> int:
+def _peak_bytes_cpu(fn) -> int:
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     # self (not inclusive) usage: a nested op (zeros -> empty) would otherwise count one allocation twice
@@ -26,35 +31,57 @@ def _peak_bytes(fn) -> int:
     return peak
 
 
-def main() -> None:
-    torch.set_num_threads(1)
+def _peak_bytes_cuda(fn) -> int:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - start
+
+
+VARIANTS = {
+    "GRPO (PEPO code path off)": ("grpo", {}),
+    "PEPO (detached weights)": ("pepo", {"detach_weights": True}),
+    "PEPO, weights in the graph": ("pepo", {"detach_weights": False}),
+}
+
+
+def measure(settings: dict, repeats: int = 3) -> tuple[str, dict[str, int]]:
+    """Peak extra bytes of loss + backward per variant (min over ``repeats``), and a description line."""
+    cuda = settings.get("device", "cpu").startswith("cuda")
+    peak_bytes = _peak_bytes_cuda if cuda else _peak_bytes_cpu
     with scratch_dir() as tmp:
-        trainer, _ = tiny_trainer("pepo", tmp)
-        prompts = next(iter(trainer.get_train_dataloader()))
+        trainer, _ = step_trainer("pepo", tmp, **settings)
+        batch = next(iter(trainer.get_train_dataloader()))
         torch.manual_seed(0)
-        inputs = trainer._prepare_inputs(prompts)  # one generation shared by all variants
+        inputs = trainer._prepare_inputs(batch)  # one generation shared by all variants
 
         def loss_and_backward():
             trainer.model.zero_grad(set_to_none=True)
             trainer.compute_loss(trainer.model, inputs).backward()
 
-        variants = {
-            "GRPO (PEPO code path off)": dict(method="grpo", log_token_stats=False),
-            "PEPO (detached weights)": dict(method="pepo", detach_weights=True),
-            "PEPO, weights in the graph": dict(method="pepo", detach_weights=False),
-        }
         results = {}
         capture = trainer._capture
-        for name, settings in variants.items():
-            for key, value in settings.items():
-                setattr(trainer.args, key, value)
-            trainer._capture = capture if settings["method"] != "grpo" else None  # GRPO: no hooks at all
+        for name, (method, extra) in VARIANTS.items():
+            use_method(trainer, capture, method, **extra)
             loss_and_backward()  # warm-up
-            results[name] = min(_peak_bytes(loss_and_backward) for _ in range(3))
+            results[name] = min(peak_bytes(loss_and_backward) for _ in range(repeats))
+        return describe(settings, trainer), results
+
+
+def main(argv: list[str] | None = None) -> dict[str, int]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    add_model_arguments(parser)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    header, results = measure(model_settings(args), args.repeats)
     base = results["GRPO (PEPO code path off)"]
-    print(f"peak live CPU memory during loss + backward (min of 3), torch {torch.__version__}")
+    print(f"peak extra memory during loss + backward (min of {args.repeats}); {header}")
     for name, peak in results.items():
-        print(f"  {name:<28} {peak / 2**20:8.2f} MB  ({100 * (peak - base) / base:+.2f}% vs GRPO)")
+        print(f"  {name:<28} {peak / 2**20:10.2f} MB  ({100 * (peak - base) / base:+.3f}% vs GRPO)")
+    return results
 
 
 if __name__ == "__main__":
