@@ -104,3 +104,52 @@ def test_cli_errors_are_named(tiny_vlm, tmp_path, capsys):
     assert main(["eval", "--model", str(tmp_path / "nope"), "--task", "synthetic", "--limit", "1"]) == 2
     assert "could not be loaded" in capsys.readouterr().err
     assert main(["eval", "compare", str(tmp_path)]) == 2
+
+
+def test_seeded_row_sampler_draws_from_the_filtered_softmax():
+    import torch
+
+    from pepo.eval.generation import SeededRowSampler
+
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0])
+    rows = 6000
+    scores = logits.repeat(rows, 1)
+    for temperature, top_p, expected in [
+        (0.7, 1.0, torch.softmax(logits / 0.7, dim=0)),
+        (1.0, 0.8, torch.tensor([0.7311, 0.2689, 0.0, 0.0])),  # nucleus {0, 1}: 0.644 + 0.237 >= 0.8
+        (1.0, 0.6, torch.tensor([1.0, 0.0, 0.0, 0.0])),  # the first token alone covers 0.6
+    ]:
+        sampler = SeededRowSampler(range(rows), temperature, top_p)
+        picks = sampler(None, scores).argmax(dim=-1)
+        freq = torch.bincount(picks, minlength=4).float() / rows
+        se = (expected * (1 - expected) / rows).sqrt()
+        assert (freq - expected).abs().max() <= (4 * se).max() + 1e-9, (temperature, top_p, freq)
+
+
+def test_seeded_row_sampler_rows_do_not_depend_on_their_batch():
+    import torch
+
+    from pepo.eval.generation import SeededRowSampler
+
+    scores = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))
+    together = SeededRowSampler([11, 22, 33])
+    alone = SeededRowSampler([22])
+    for _ in range(3):  # successive steps draw fresh noise, the same for the row wherever it sits
+        assert torch.equal(together(None, scores)[1], alone(None, scores[1:2])[0])
+    with pytest.raises(ValueError, match="seeds"):
+        together(None, scores[:2])
+    with pytest.raises(ValueError, match="temperature"):
+        SeededRowSampler([1], temperature=0)
+
+
+def test_batched_evaluation_gives_the_samples_of_one_prompt_at_a_time(tiny_vlm, tmp_path):
+    model, processor = tiny_vlm
+    rows = [dict(r) for r in make_rl_rows(5)]
+    score = make_scorer(TASKS["synthetic"])
+    settings = EvalSettings(num_samples=4, max_new_tokens=5, seed=3)
+    one = evaluate_rows(model, processor, rows, score, tmp_path / "one", settings, show_progress=False, chunk_size=1)
+    batched = evaluate_rows(model, processor, rows, score, tmp_path / "all", settings, show_progress=False,
+                            chunk_size=4)
+    assert batched == one
+    outputs = [r["output"] for records in one.values() for r in records]
+    assert len(set(outputs)) > 1  # it did sample (temperature 1.0): the equality is not trivial

@@ -179,7 +179,7 @@ def test_interrupted_vllm_run_resumes_without_losing_or_duplicating(fake_vllm, t
 
     with pytest.raises(Interrupt):
         evaluate_rows(None, None, rows, score, tmp_path / "cut", settings, after_prompt=stop, **kw)
-    assert [len(c[0]) for c in fake_vllm.calls] == [3]  # only the 4 prompts not done were asked for
+    assert [len(c[0]) for c in fake_vllm.calls] == [3]  # the second chunk (prompts 3-5), as before
     assert len(path.read_text().splitlines()) == 12
     with path.open("a") as f:  # a kill mid-write: a torn line
         f.write('{"id": "5", "sam')
@@ -187,7 +187,8 @@ def test_interrupted_vllm_run_resumes_without_losing_or_duplicating(fake_vllm, t
 
     fake_vllm.calls.clear()
     resumed = evaluate_rows(None, None, rows, score, tmp_path / "cut", settings, **kw)
-    assert [len(c[0]) for c in fake_vllm.calls] == [3]
+    # chunks are fixed slices of the rows: the partly written chunk 3-5 is asked for whole, then 6
+    assert [len(c[0]) for c in fake_vllm.calls] == [3, 1]
     lines = [json.loads(x) for x in path.read_text().splitlines()]
     assert len(lines) == 21 and len({(r["id"], r["sample"]) for r in lines}) == 21
     assert resumed == full

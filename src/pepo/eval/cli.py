@@ -126,6 +126,9 @@ def eval_main(argv: Sequence[str]) -> int:
     parser.add_argument("--max_model_len", type=int, help="vLLM: context length (default: the model's)")
     parser.add_argument("--vllm_chunk", type=int, default=64,
                         help="vLLM: prompts per generate call; results are written after each chunk")
+    parser.add_argument("--batch_size", type=int, default=8,
+                        help="transformers: prompts per batched generate call (x num_samples rows); each sample has "
+                        "its own seeded random stream, so the batch size does not change the samples")
     args = parser.parse_args(argv)
 
     from pepo.data.loading import DataError
@@ -138,8 +141,8 @@ def eval_main(argv: Sequence[str]) -> int:
     except ValueError as err:
         print(f"pepo: error: {err}", file=sys.stderr)
         return 2
-    if args.vllm_chunk < 1:
-        print("pepo: error: --vllm_chunk must be >= 1", file=sys.stderr)
+    if args.vllm_chunk < 1 or args.batch_size < 1:
+        print("pepo: error: --vllm_chunk and --batch_size must be >= 1", file=sys.stderr)
         return 2
     task = TASKS[args.task]
     out = Path(args.output_dir or Path("runs/eval") / Path(args.model.rstrip("/")).parent.name / args.task)
@@ -183,7 +186,7 @@ def eval_main(argv: Sequence[str]) -> int:
 
         version = transformers.__version__
         _mark_backend(out, backend)
-        samples = evaluate_rows(model, processor, rows, make_scorer(task), out, settings)
+        samples = evaluate_rows(model, processor, rows, make_scorer(task), out, settings, chunk_size=args.batch_size)
     summary = {"task": args.task, "model": args.model, "backend": backend, "backend_version": version,
                "protocol": task.protocol,
                "num_samples": settings.num_samples, "temperature": settings.temperature, "top_p": settings.top_p,

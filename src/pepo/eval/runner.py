@@ -1,14 +1,15 @@
 """avg@N / majority@N / pass@N evaluation with per-sample results that survive interruption.
 
-Each prompt's N samples are generated together with a seed derived from (run seed, prompt id), so
-a prompt's samples do not depend on batching, on which prompts ran before it, or on a restart.
+Each prompt's N samples are drawn from seeds derived from (run seed, prompt id, sample index), so
+a prompt's samples do not depend on which prompts ran before it or on a restart, and (up to
+floating-point near-ties between batch shapes) not on the batch size either.
 They are appended to ``samples.jsonl`` as N lines written in one call; on restart, complete prompts
 are kept, a prompt with fewer than N lines (or a torn last line) is dropped and regenerated, so no
 sample is lost or duplicated.
 
 Generation is a callable ``generate(rows) -> completions[i][k]`` (the N completions of each row),
 called on chunks of ``chunk_size`` prompts; each prompt of a chunk is written as soon as the chunk is
-done. :func:`transformers_generate` (the default, one prompt at a time) and
+done. :func:`transformers_generate` (the default: a chunk is one batched ``generate``) and
 :class:`pepo.eval.vllm_backend.VLLMGenerator` are the two backends.
 """
 
@@ -72,23 +73,20 @@ def read_samples(path: Path, num_samples: int) -> dict[str, list[dict]]:
 
 
 def transformers_generate(model: torch.nn.Module, processor: Any, settings: EvalSettings) -> Generate:
-    """The transformers backend: each row's N samples in one ``model.generate`` call under its own seed.
+    """The transformers backend: all rows of a call in one batched ``model.generate``.
 
-    The global torch RNG is seeded with :func:`prompt_seed` inside a forked RNG state, one row at a time
-    (batch size 1), so a row's samples are the same whichever rows come with it.
+    Sample k of a row is drawn with its own random stream seeded from
+    ``sample_seed(prompt_seed(settings.seed, id), k)`` (:class:`pepo.eval.generation.SeededRowSampler`),
+    so a row's samples do not depend on which rows share its batch.
     """
 
     def generate(rows: Sequence[dict]) -> list[list[str]]:
-        out: list[list[str]] = []
-        for row in rows:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(prompt_seed(settings.seed, str(row["id"])))
-                out.append(generate_completions(
-                    model, processor, [row["prompt"]], [row["images"]], settings.max_new_tokens, batch_size=1,
-                    do_sample=settings.temperature > 0, temperature=settings.temperature, top_p=settings.top_p,
-                    num_return_sequences=settings.num_samples, show_progress=False,
-                )[0])
-        return out
+        return generate_completions(
+            model, processor, [row["prompt"] for row in rows], [row["images"] for row in rows],
+            settings.max_new_tokens, batch_size=max(1, len(rows)), do_sample=settings.temperature > 0,
+            temperature=settings.temperature, top_p=settings.top_p, num_return_sequences=settings.num_samples,
+            show_progress=False, seeds=[prompt_seed(settings.seed, str(row["id"])) for row in rows],
+        )
 
     return generate
 
@@ -117,9 +115,10 @@ def evaluate_rows(
         after_prompt: called with the number of prompts done in this call, after each prompt is written
             (tests use it to interrupt a run).
         generate: ``generate(rows) -> completions[i][k]`` (see :data:`Generate`); a backend.
-        chunk_size: prompts per ``generate`` call; each prompt of a chunk is written (one write per prompt)
-            once the chunk returns, so an interruption loses at most the chunk in flight, which a rerun
-            regenerates with the same per-prompt seeds.
+        chunk_size: prompts per ``generate`` call (the batch); each prompt of a chunk is written (one
+            write per prompt) once the chunk returns, so an interruption loses at most the chunk in
+            flight. Chunks are fixed slices of ``rows``: a rerun regenerates a partly written chunk
+            with the same prompts and seeds and writes only the prompts it lacks.
 
     Returns:
         id -> its N sample records (``id``, ``sample``, ``output``, ``extracted``, ``score``).
@@ -137,8 +136,12 @@ def evaluate_rows(
     bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc="evaluating", unit="prompt",
                disable=not show_progress)
     n_done = 0
-    for start in range(0, len(todo), chunk_size):
-        chunk = todo[start : start + chunk_size]
+    # Chunks are fixed slices of ``rows``, not of what is left to do: a resumed run regenerates a
+    # partly written chunk whole (same batch, same numbers) and writes only its missing prompts.
+    for start in range(0, len(rows), chunk_size):
+        chunk = list(rows[start : start + chunk_size])
+        if all(str(row["id"]) in done for row in chunk):
+            continue
         completions = generate(chunk)
         if len(completions) != len(chunk) or any(len(c) != settings.num_samples for c in completions):
             raise RuntimeError(
@@ -147,6 +150,8 @@ def evaluate_rows(
             )
         for row, outputs in zip(chunk, completions):
             pid = str(row["id"])
+            if pid in done:
+                continue
             scores, extracted = score(outputs, row)
             records = [{"id": pid, "sample": k, "output": o, "extracted": e, "score": float(s)}
                        for k, (o, e, s) in enumerate(zip(outputs, extracted, scores))]
