@@ -97,7 +97,7 @@ def eval_main(argv: Sequence[str]) -> int:
         "(seeded per prompt). Results are written as they go; rerunning the same command resumes. "
         "Also: `pepo eval compare RUN...`.",
         epilog="Backends: vLLM (offline LLM.generate, prompts in chunks of --vllm_chunk) or transformers "
-        "(model.generate, one prompt at a time). Both build the same chat-template prompts with the same images, "
+        "(model.generate, --batch_size prompts per call, one seeded random stream per sample). Both build the same chat-template prompts with the same images, "
         "use the same per-prompt seeds and the same scorers; vLLM's sampler RNG differs from transformers', so "
         "the same seed gives different but equally distributed samples (reproducible within a backend; an "
         "output folder keeps the backend it was started with). The vLLM path is tested only against a fake "
