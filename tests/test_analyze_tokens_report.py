@@ -130,3 +130,31 @@ def test_cli_reads_the_run_config_and_reports_errors(tiny_vlm, tmp_path, capsys)
     assert main(["analyze", "tokens", "--model", str(tmp_path / "missing"), "--limit", "1",
                  "--out", str(tmp_path / "x")]) == 2
     assert "could not be loaded" in capsys.readouterr().err
+
+
+def test_cli_on_a_dataset_of_your_own_columns(tiny_vlm, tmp_path, capsys):
+    from PIL import Image
+
+    model, processor = tiny_vlm
+    model.save_pretrained(tmp_path / "ckpt")
+    processor.save_pretrained(tmp_path / "ckpt")
+    images = tmp_path / "imgs"
+    images.mkdir()
+    lines = []
+    for i, colour in enumerate(["red", "blue", "green"]):
+        Image.new("RGB", (112, 112), colour).save(images / f"{i}.png")
+        lines.append(json.dumps({"uid": str(i), "img": f"{i}.png", "q": f"what colour is it {i} ?", "a": colour}))
+    (tmp_path / "mine.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    argv = ["analyze", "tokens", "--model", str(tmp_path / "ckpt"), "--task", "geometry3k",
+            "--dataset", str(tmp_path / "mine.jsonl"), "--split", "train", "--image_root", str(images),
+            "--image_column", "img", "--question_column", "q", "--answer_column", "a", "--reward", "exact_match",
+            "--prompt_instruction", "", "--limit", "3", "--max_new_tokens", "4", "--shift", "none", "--out", str(out)]
+    assert main(argv) == 0
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert [r["question"] for r in records] == [f"what colour is it {i} ?" for i in range(3)]
+    assert [r["answer"] for r in records] == ["red", "blue", "green"]
+    assert all(r["reward"] in (0.0, 1.0) for r in records)
+    capsys.readouterr()
+    assert main(argv[:-2] + ["--reward", "exact", "--out", str(out)]) == 2
+    assert "unknown reward 'exact'" in capsys.readouterr().err

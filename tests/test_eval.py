@@ -153,3 +153,20 @@ def test_batched_evaluation_gives_the_samples_of_one_prompt_at_a_time(tiny_vlm, 
     assert batched == one
     outputs = [r["output"] for records in one.values() for r in records]
     assert len(set(outputs)) > 1  # it did sample (temperature 1.0): the equality is not trivial
+
+
+def test_cli_eval_on_a_dataset_of_your_own_columns(tiny_vlm, tmp_path):
+    from PIL import Image
+
+    model, processor = tiny_vlm
+    model.save_pretrained(tmp_path / "ckpt")
+    processor.save_pretrained(tmp_path / "ckpt")
+    Image.new("RGB", (112, 112), "red").save(tmp_path / "r.png")
+    (tmp_path / "mine.jsonl").write_text(json.dumps({"img": "r.png", "q": "what colour ?", "a": "red"}) + "\n")
+    out = tmp_path / "out"
+    assert main(["eval", "--model", str(tmp_path / "ckpt"), "--task", "geometry3k", "--dataset",
+                 str(tmp_path / "mine.jsonl"), "--split", "train", "--image_root", str(tmp_path),
+                 "--image_column", "img", "--question_column", "q", "--answer_column", "a",
+                 "--reward", "exact_match", "--num_samples", "2", "--max_new_tokens", "3", "--output_dir", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["prompts"] == 1 and summary["protocol"] == "exact_match reward of the completion"

@@ -97,6 +97,12 @@ def _analyze(argv: Sequence[str]) -> int:
     tok.add_argument("--dataset", help="override the task's dataset (local path or hub id of the same schema)")
     tok.add_argument("--split", help="override the task's split")
     tok.add_argument("--image_root", help="folder that relative image paths resolve against")
+    tok.add_argument("--image_column", help="your dataset's image column (default: the task's)")
+    tok.add_argument("--question_column", help="your dataset's question column (default: the task's)")
+    tok.add_argument("--answer_column", help="your dataset's answer column (default: the task's)")
+    tok.add_argument("--reward", help="score responses with this reward instead of the task's scorer "
+                     "(e.g. exact_match, accuracy, choice, iou50)")
+    tok.add_argument("--prompt_instruction", help="text appended to each question (default: the task's; '' for none)")
     tok.add_argument("--limit", type=int, default=200, help="number of prompts (default 200)")
     tok.add_argument("--num_samples", type=int, default=1, help="responses per prompt (default 1)")
     tok.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy); entropies "
@@ -149,13 +155,18 @@ def _analyze_tokens(args: argparse.Namespace) -> int:
     from pepo.analysis.token_report import analyze_tokens
     from pepo.analysis.tokens import TokenAnalysisSettings
     from pepo.data.loading import DataError
-    from pepo.eval.tasks import TASKS, load_task_rows, make_scorer
+    from pepo.eval.tasks import TASKS, customize_task, load_task_rows, make_scorer
     from pepo.models.loading import image_token_id, load_model_and_processor
 
     if args.task not in TASKS:
         print(f"pepo: error: unknown task {args.task!r}; choose one of {sorted(TASKS)}", file=sys.stderr)
         return 2
-    task = TASKS[args.task]
+    try:
+        task = customize_task(TASKS[args.task], args.image_column, args.question_column, args.answer_column,
+                              args.reward, args.prompt_instruction)
+    except ValueError as err:
+        print(f"pepo: error: {err}", file=sys.stderr)
+        return 2
     defaults = {"score_type": "cosine", "gate_alpha": 0.05, "gate_temperature": 1.8}
     from_run = {k: v for k, v in _run_config_defaults(args.model).items() if v is not None}
     chosen = {k: getattr(args, k) if getattr(args, k) is not None else from_run.get(k, defaults[k]) for k in defaults}

@@ -108,6 +108,11 @@ def eval_main(argv: Sequence[str]) -> int:
     parser.add_argument("--dataset", help="override the task's dataset (local path or hub id of the same schema)")
     parser.add_argument("--split", help="override the task's split")
     parser.add_argument("--image_root", help="folder that relative image paths resolve against")
+    parser.add_argument("--image_column", help="your dataset's image column (default: the task's)")
+    parser.add_argument("--question_column", help="your dataset's question column (default: the task's)")
+    parser.add_argument("--answer_column", help="your dataset's answer column (default: the task's)")
+    parser.add_argument("--reward", help="score with this reward instead of the task's scorer (e.g. exact_match)")
+    parser.add_argument("--prompt_instruction", help="text appended to each question (default: the task's; '' for none)")
     parser.add_argument("--limit", type=int, help="evaluate only the first K prompts")
     parser.add_argument("--all_items", action="store_true",
                         help="keep every item (MathVerse: add free-form; LogicVista: add multi-letter answers)")
@@ -133,7 +138,7 @@ def eval_main(argv: Sequence[str]) -> int:
 
     from pepo.data.loading import DataError
     from pepo.eval.runner import EvalSettings, evaluate_rows, summarize
-    from pepo.eval.tasks import load_task_rows, make_scorer
+    from pepo.eval.tasks import customize_task, load_task_rows, make_scorer
     from pepo.models.loading import load_model_and_processor, load_processor
 
     try:
@@ -144,7 +149,12 @@ def eval_main(argv: Sequence[str]) -> int:
     if args.vllm_chunk < 1 or args.batch_size < 1:
         print("pepo: error: --vllm_chunk and --batch_size must be >= 1", file=sys.stderr)
         return 2
-    task = TASKS[args.task]
+    try:
+        task = customize_task(TASKS[args.task], args.image_column, args.question_column, args.answer_column,
+                              args.reward, args.prompt_instruction)
+    except ValueError as err:
+        print(f"pepo: error: {err}", file=sys.stderr)
+        return 2
     out = Path(args.output_dir or Path("runs/eval") / Path(args.model.rstrip("/")).parent.name / args.task)
     try:
         rows = load_task_rows(task, args.dataset, args.split, args.image_root, args.limit, all_items=args.all_items)

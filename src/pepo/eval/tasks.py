@@ -14,7 +14,7 @@ from pepo.eval.scorers import letters_in, logicvista_score, mathverse_score, mat
 from pepo.rewards import REWARDS
 from pepo.rewards.exact_match import completion_text, extract_answer, normalize_answer
 
-__all__ = ["EvalTask", "TASKS", "load_task_rows", "make_scorer"]
+__all__ = ["EvalTask", "TASKS", "load_task_rows", "make_scorer", "customize_task"]
 
 THINK_ANSWER = (
     "You FIRST think about the reasoning process as an internal monologue and then provide the final answer. "
@@ -102,6 +102,33 @@ TASKS: dict[str, EvalTask] = {
         protocol="top-1 accuracy: the option letter (or option text) in <answer>",
     ),
 }
+
+
+def customize_task(task: EvalTask, image_column: str | None = None, question_column: str | None = None,
+                   answer_column: str | None = None, reward: str | None = None,
+                   instruction: str | None = None) -> EvalTask:
+    """``task`` with other column names, reward or prompt instruction, for a dataset of your own.
+
+    A new ``reward`` (a name in :data:`pepo.rewards.REWARDS`) replaces the task's scorer too.
+
+    Raises:
+        ValueError: an unknown reward name (the valid ones are listed).
+    """
+    import dataclasses
+
+    columns = dict(task.columns)
+    for key, value in (("image_column", image_column), ("question_column", question_column),
+                       ("answer_column", answer_column)):
+        if value is not None:
+            columns[key] = value
+    changes: dict[str, Any] = {"columns": columns}
+    if reward is not None:
+        if reward not in REWARDS:
+            raise ValueError(f"unknown reward {reward!r}; choose one of {sorted(REWARDS)}")
+        changes.update(reward=reward, scorer=None, protocol=f"{reward} reward of the completion")
+    if instruction is not None:
+        changes["instruction"] = instruction or None
+    return dataclasses.replace(task, **changes)
 
 
 def load_task_rows(task: EvalTask, dataset: str | None = None, split: str | None = None,
