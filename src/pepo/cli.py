@@ -76,6 +76,8 @@ def _train(argv: Sequence[str], base_demo: bool) -> int:
 
 
 def _analyze(argv: Sequence[str]) -> int:
+    from pepo.eval.cli import add_data_arguments
+
     parser = argparse.ArgumentParser(
         prog="pepo analyze", description="Look inside a model or a run: token heatmaps, the paper's token-level "
         "analyses (`tokens`), training curves (`dynamics`).")
@@ -94,15 +96,7 @@ def _analyze(argv: Sequence[str]) -> int:
         "Example: pepo analyze tokens --model runs/demo/checkpoint --task synthetic --limit 200")
     tok.add_argument("--model", required=True, help="checkpoint directory or hub id (e.g. runs/demo/checkpoint)")
     tok.add_argument("--task", default="synthetic", help="an eval task name (see `pepo eval --help`); default synthetic")
-    tok.add_argument("--dataset", help="override the task's dataset (local path or hub id of the same schema)")
-    tok.add_argument("--split", help="override the task's split")
-    tok.add_argument("--image_root", help="folder that relative image paths resolve against")
-    tok.add_argument("--image_column", help="your dataset's image column (default: the task's)")
-    tok.add_argument("--question_column", help="your dataset's question column (default: the task's)")
-    tok.add_argument("--answer_column", help="your dataset's answer column (default: the task's)")
-    tok.add_argument("--reward", help="score responses with this reward instead of the task's scorer "
-                     "(e.g. exact_match, accuracy, choice, iou50)")
-    tok.add_argument("--prompt_instruction", help="text appended to each question (default: the task's; '' for none)")
+    add_data_arguments(tok)
     tok.add_argument("--limit", type=int, default=200, help="number of prompts (default 200)")
     tok.add_argument("--num_samples", type=int, default=1, help="responses per prompt (default 1)")
     tok.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy); entropies "
@@ -155,15 +149,12 @@ def _analyze_tokens(args: argparse.Namespace) -> int:
     from pepo.analysis.token_report import analyze_tokens
     from pepo.analysis.tokens import TokenAnalysisSettings
     from pepo.data.loading import DataError
-    from pepo.eval.tasks import TASKS, customize_task, load_task_rows, make_scorer
+    from pepo.eval.cli import task_from_args
+    from pepo.eval.tasks import load_task_rows, make_scorer
     from pepo.models.loading import image_token_id, load_model_and_processor
 
-    if args.task not in TASKS:
-        print(f"pepo: error: unknown task {args.task!r}; choose one of {sorted(TASKS)}", file=sys.stderr)
-        return 2
     try:
-        task = customize_task(TASKS[args.task], args.image_column, args.question_column, args.answer_column,
-                              args.reward, args.prompt_instruction)
+        task = task_from_args(args)
     except ValueError as err:
         print(f"pepo: error: {err}", file=sys.stderr)
         return 2

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["eval_main", "compare_table", "select_backend"]
+__all__ = ["eval_main", "compare_table", "select_backend", "add_data_arguments", "task_from_args"]
 
 BACKENDS = ("auto", "transformers", "vllm")
 BACKEND_MARKER = "backend.txt"  # in the output folder: the backend its samples.jsonl was drawn with
@@ -77,6 +77,33 @@ def _mark_backend(out: Path, backend: str) -> None:
     (out / BACKEND_MARKER).write_text(backend + "\n")
 
 
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The data options `pepo eval` and `pepo analyze tokens` share: where the rows come from, how to read them."""
+    parser.add_argument("--dataset", help="override the task's dataset (local path or hub id of the same schema)")
+    parser.add_argument("--split", help="override the task's split")
+    parser.add_argument("--image_root", help="folder that relative image paths resolve against")
+    parser.add_argument("--image_column", help="your dataset's image column (default: the task's)")
+    parser.add_argument("--question_column", help="your dataset's question column (default: the task's)")
+    parser.add_argument("--answer_column", help="your dataset's answer column (default: the task's)")
+    parser.add_argument("--reward", help="score with this reward instead of the task's scorer "
+                        "(e.g. exact_match, accuracy, choice, iou50)")
+    parser.add_argument("--prompt_instruction", help="text appended to each question (default: the task's; '' for none)")
+
+
+def task_from_args(args: argparse.Namespace):
+    """The :class:`pepo.eval.tasks.EvalTask` named by ``args.task``, with the column / reward / instruction options.
+
+    Raises:
+        ValueError: an unknown task or reward name (the valid ones are listed).
+    """
+    from pepo.eval.tasks import TASKS, customize_task
+
+    if args.task not in TASKS:
+        raise ValueError(f"unknown task {args.task!r}; choose one of {sorted(TASKS)}")
+    return customize_task(TASKS[args.task], args.image_column, args.question_column, args.answer_column,
+                          args.reward, args.prompt_instruction)
+
+
 def eval_main(argv: Sequence[str]) -> int:
     """``pepo eval ...`` / ``pepo eval compare ...``; returns the exit code (2: a named usage or data error)."""
     from pepo.eval.tasks import TASKS
@@ -105,14 +132,7 @@ def eval_main(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--model", required=True, help="checkpoint directory or hub id (e.g. runs/demo/checkpoint)")
     parser.add_argument("--task", required=True, choices=sorted(TASKS), help="benchmark")
-    parser.add_argument("--dataset", help="override the task's dataset (local path or hub id of the same schema)")
-    parser.add_argument("--split", help="override the task's split")
-    parser.add_argument("--image_root", help="folder that relative image paths resolve against")
-    parser.add_argument("--image_column", help="your dataset's image column (default: the task's)")
-    parser.add_argument("--question_column", help="your dataset's question column (default: the task's)")
-    parser.add_argument("--answer_column", help="your dataset's answer column (default: the task's)")
-    parser.add_argument("--reward", help="score with this reward instead of the task's scorer (e.g. exact_match)")
-    parser.add_argument("--prompt_instruction", help="text appended to each question (default: the task's; '' for none)")
+    add_data_arguments(parser)
     parser.add_argument("--limit", type=int, help="evaluate only the first K prompts")
     parser.add_argument("--all_items", action="store_true",
                         help="keep every item (MathVerse: add free-form; LogicVista: add multi-letter answers)")
@@ -138,7 +158,7 @@ def eval_main(argv: Sequence[str]) -> int:
 
     from pepo.data.loading import DataError
     from pepo.eval.runner import EvalSettings, evaluate_rows, summarize
-    from pepo.eval.tasks import customize_task, load_task_rows, make_scorer
+    from pepo.eval.tasks import load_task_rows, make_scorer
     from pepo.models.loading import load_model_and_processor, load_processor
 
     try:
@@ -150,8 +170,7 @@ def eval_main(argv: Sequence[str]) -> int:
         print("pepo: error: --vllm_chunk and --batch_size must be >= 1", file=sys.stderr)
         return 2
     try:
-        task = customize_task(TASKS[args.task], args.image_column, args.question_column, args.answer_column,
-                              args.reward, args.prompt_instruction)
+        task = task_from_args(args)
     except ValueError as err:
         print(f"pepo: error: {err}", file=sys.stderr)
         return 2
