@@ -16,6 +16,7 @@ import argparse
 
 import torch
 
+from benchmarks._memory import cuda_peak_bytes
 from benchmarks._trainer_setup import add_model_arguments, describe, model_settings, scratch_dir, step_trainer, use_method
 
 
@@ -31,15 +32,6 @@ def _peak_bytes_cpu(fn) -> int:
     return peak
 
 
-def _peak_bytes_cuda(fn) -> int:
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    start = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - start
-
-
 VARIANTS = {
     "GRPO (PEPO code path off)": ("grpo", {}),
     "PEPO (detached weights)": ("pepo", {"detach_weights": True}),
@@ -50,7 +42,7 @@ VARIANTS = {
 def measure(settings: dict, repeats: int = 3) -> tuple[str, dict[str, int]]:
     """Peak extra bytes of loss + backward per variant (min over ``repeats``), and a description line."""
     cuda = settings.get("device", "cpu").startswith("cuda")
-    peak_bytes = _peak_bytes_cuda if cuda else _peak_bytes_cpu
+    peak_bytes = cuda_peak_bytes if cuda else _peak_bytes_cpu
     with scratch_dir() as tmp:
         trainer, _ = step_trainer("pepo", tmp, **settings)
         batch = next(iter(trainer.get_train_dataloader()))

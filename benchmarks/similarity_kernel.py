@@ -19,6 +19,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from benchmarks._memory import cuda_peak_bytes
 from pepo.weights import visual_similarity
 
 
@@ -46,12 +47,7 @@ def _sync(device):
 def _largest_allocation(fn, device) -> int:
     """Bytes of the largest single allocation made while ``fn`` runs (CPU: profiler; CUDA: peak delta)."""
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
+        return cuda_peak_bytes(fn)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     sizes = [e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0]

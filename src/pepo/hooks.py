@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from pepo.weights import layer_similarity
 
-__all__ = ["find_text_decoder", "VisualScoreCapture"]
+__all__ = ["find_text_decoder", "hidden_state_hooks", "VisualScoreCapture"]
 
 _VISION_NAME_HINTS = ("vision", "visual", "image_tower", "vit")
 
@@ -69,6 +69,33 @@ def find_text_decoder(model: nn.Module) -> tuple[nn.ModuleList, nn.Module]:
             "compute scores with `pepo.weights.visual_similarity` from `output_hidden_states`."
         )
     return best
+
+
+@contextmanager
+def hidden_state_hooks(
+    layers: nn.ModuleList, norm: nn.Module, on_state: Callable[[int, torch.Tensor], None]
+) -> Iterator[None]:
+    """Call ``on_state(i, hidden)`` with each of the L+1 hidden states of every forward while active.
+
+    ``i`` follows transformers' ``output_hidden_states`` convention: ``i < L`` is the input of
+    decoder layer ``i`` (a forward pre-hook), ``i = L`` the output of the final norm. ``hidden`` is
+    (B, S, D), in the order the forward produces them. The hooks are removed on exit.
+    """
+    last = len(layers)
+
+    def pre_hook(index: int):
+        def hook(module, args, kwargs):
+            on_state(index, args[0] if args else kwargs["hidden_states"])
+
+        return hook
+
+    handles = [layer.register_forward_pre_hook(pre_hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    handles.append(norm.register_forward_hook(lambda module, args, output: on_state(last, output)))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class VisualScoreCapture:
@@ -131,16 +158,10 @@ class VisualScoreCapture:
         self._row = 0
         self._rows_in_forward = 0
         self._grad = with_grad
-        handles = [
-            layer.register_forward_pre_hook(self._make_pre_hook(i), with_kwargs=True)
-            for i, layer in enumerate(self.decoder_layers)
-        ]
-        handles.append(self.final_norm.register_forward_hook(self._on_final_norm))
         try:
-            yield self
+            with hidden_state_hooks(self.decoder_layers, self.final_norm, self._on_state):
+                yield self
         finally:
-            for handle in handles:
-                handle.remove()
             self._vision_mask = None
         if self._row != vision_mask.shape[0]:
             raise RuntimeError(
@@ -149,21 +170,14 @@ class VisualScoreCapture:
             )
         self.scores = self.scores / len(self.selected)
 
-    def _make_pre_hook(self, index: int):
-        def hook(module, args, kwargs):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            if index == 0:
-                self._rows_in_forward = hidden.shape[0]
-            if index in self.selected:
-                self._accumulate(hidden)
-
-        return hook
-
-    def _on_final_norm(self, module, args, output):
-        if self.num_hidden_states - 1 in self.selected:
-            self._accumulate(output)
-        self._row += self._rows_in_forward
-        self._rows_in_forward = 0
+    def _on_state(self, index: int, hidden: torch.Tensor) -> None:
+        if index == 0:  # a forward starts: it covers the next hidden.shape[0] rows of the batch
+            self._rows_in_forward = hidden.shape[0]
+        if index in self.selected:
+            self._accumulate(hidden)
+        if index == self.num_hidden_states - 1:
+            self._row += self._rows_in_forward
+            self._rows_in_forward = 0
 
     def _accumulate(self, hidden: torch.Tensor) -> None:
         start = time.perf_counter()

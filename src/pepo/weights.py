@@ -27,7 +27,6 @@ import math
 from typing import Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 __all__ = [
     "SCORE_TYPES",

@@ -21,7 +21,6 @@ import html
 import io
 import json
 import math
-import re
 import textwrap
 import unicodedata
 import warnings
@@ -37,7 +36,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.collections import PolyCollection  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pepo.analysis.records import check_record  # noqa: E402
+from pepo.analysis.records import check_record, safe_stem  # noqa: E402
 
 __all__ = ["MODES", "HeatmapRow", "HeatmapWriter", "render_heatmap_png", "token_colors"]
 
@@ -177,10 +176,6 @@ def _fmt(v: Any) -> str:
 def _esc(text: Any) -> str:
     # a literal CR would be normalised to LF by the HTML parser; a character reference survives
     return html.escape(str(text), quote=True).replace("\r", "&#13;")
-
-
-def _safe_name(text: str, limit: int = 60) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")[:limit] or "x"
 
 
 def _title(meta: dict | None) -> str:
@@ -465,7 +460,7 @@ class HeatmapWriter:
         check_record(record)
         if image is None:
             image = self._load_image(record)
-        name = f"{len(self.rows):04d}_{_safe_name(str(record['id']))}_{int(record['sample'])}.html"
+        name = f"{len(self.rows):04d}_{safe_stem(str(record['id']))}_{int(record['sample'])}.html"
         path = self.dir / name
         path.write_text(render_heatmap_html(record, self.meta, image, self.image_max_side), encoding="utf-8")
         reward = float(record["reward"])

@@ -31,9 +31,10 @@ temperature, number of responses).
 
 from __future__ import annotations
 
+import re
 from typing import TypedDict
 
-__all__ = ["ResponseRecord", "TOKEN_FIELDS", "check_record"]
+__all__ = ["ResponseRecord", "TOKEN_FIELDS", "check_record", "safe_stem"]
 
 #: per-token lists; each has one entry per response token
 TOKEN_FIELDS = ("similarity", "entropy", "weight")
@@ -67,3 +68,8 @@ def check_record(record: dict) -> None:
             got = "missing" if values is None else f"{len(values)} values"
             raise ValueError(f"record {record.get('id')!r} sample {record.get('sample')}: field {key!r} has {got} "
                              f"for {n} tokens")
+
+
+def safe_stem(text: str, limit: int = 60) -> str:
+    """``text`` (e.g. a prompt id) reduced to a file-name stem: letters, digits, ``._-``; at most ``limit`` chars."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")[:limit] or "x"

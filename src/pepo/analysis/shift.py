@@ -30,9 +30,10 @@ class ShiftAnalysis:
             at least one token each; responses with fewer than 2 tokens are not grouped.
         max_points: size of the reservoir sample of (similarity, shift) points drawn in the scatter.
         seed: seed of the reservoir sampling.
+        mode: how the image was taken away (``"blank"`` or ``"remove"``), for the figure's title.
     """
 
-    def __init__(self, quantile: float = 0.25, max_points: int = 20000, seed: int = 0):
+    def __init__(self, quantile: float = 0.25, max_points: int = 20000, seed: int = 0, mode: str = "blank"):
         if not 0 < quantile <= 0.5:
             raise ValueError(f"quantile must be in (0, 0.5], got {quantile!r}")
         self.quantile = quantile
@@ -43,7 +44,7 @@ class ShiftAnalysis:
         self._moments = [0.0] * 6  # n, sum x, sum y, sum xx, sum yy, sum xy over all tokens
         self._points: list[tuple[float, float]] = []
         self._seen = 0
-        self.mode = "blank"
+        self.mode = mode
 
     def add(self, similarity: Sequence[float], layer_shift: torch.Tensor) -> None:
         """Add one response.

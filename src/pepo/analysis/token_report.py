@@ -10,7 +10,6 @@ summaries are ever in memory, so 1,000 responses cost the same memory as 10.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -20,28 +19,13 @@ from tqdm.auto import tqdm
 
 from pepo.analysis.distributions import SimilarityDistributions
 from pepo.analysis.heatmap import HeatmapWriter, render_heatmap_png
-from pepo.analysis.records import check_record
+from pepo.analysis.records import check_record, safe_stem
 from pepo.analysis.shift import ShiftAnalysis
 from pepo.analysis.tokens import TokenAnalysisSettings, generate_completion_ids, score_completions
 from pepo.analysis.words import WordStats
+from pepo.data.loading import question_text
 
-__all__ = ["analyze_tokens", "question_text"]
-
-
-def question_text(prompt: list[dict]) -> str:
-    """The text parts of a conversational prompt's user turns, joined."""
-    parts = []
-    for message in prompt:
-        content = message.get("content")
-        if isinstance(content, str):
-            parts.append(content)
-        else:
-            parts.extend(p.get("text", "") for p in content if p.get("type") == "text")
-    return "\n".join(p for p in parts if p)
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:80] or "item"
+__all__ = ["analyze_tokens"]
 
 
 def analyze_tokens(
@@ -71,15 +55,15 @@ def analyze_tokens(
     Returns:
         A summary dict: number of responses, mean reward, and each figure's key numbers.
     """
+    if len(rows) == 0:
+        raise ValueError("no rows to analyse")
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     meta = {**meta, **asdict(settings)}
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2))
     distributions = SimilarityDistributions(k=top_k)
     words = WordStats(ignore=getattr(processor.tokenizer, "all_special_tokens", ()))
-    shift = ShiftAnalysis() if settings.shift != "none" else None
-    if shift is not None:
-        shift.mode = settings.shift
+    shift = ShiftAnalysis(mode=settings.shift) if settings.shift != "none" else None
     tokenizer = processor.tokenizer
     n_total = len(rows) * settings.num_samples
     bar = tqdm(total=n_total, desc="analysing", unit="response", disable=not show_progress)
@@ -92,22 +76,18 @@ def analyze_tokens(
                 ids = generate_completion_ids(model, processor, [r["prompt"] for r in batch],
                                               [r["images"] for r in batch], settings)
             expanded = [r for r in batch for _ in range(settings.num_samples)]
-            keep = [i for i, c in enumerate(ids) if c]
-            scored = score_completions(model, processor, [expanded[i]["prompt"] for i in keep],
-                                       [expanded[i]["images"] for i in keep], [ids[i] for i in keep],
-                                       settings, image_token)
-            by_index = dict(zip(keep, scored))
+            # every completion has >= 1 token (max_new_tokens >= 1; the end-of-sequence token counts)
+            scored = score_completions(model, processor, [r["prompt"] for r in expanded],
+                                       [r["images"] for r in expanded], ids, settings, image_token)
             for j, row in enumerate(batch):
                 idxs = [j * settings.num_samples + k for k in range(settings.num_samples)]
                 texts = [tokenizer.decode(ids[i], skip_special_tokens=True) for i in idxs]
                 row_rewards, _ = score(texts, row)
                 image = row["images"][0] if isinstance(row["images"], (list, tuple)) else row["images"]
-                image_path = Path("images") / f"{_safe(str(row['id']))}.png"
+                image_path = Path("images") / f"{safe_stem(str(row['id']))}.png"
                 image.convert("RGB").save(out_dir / image_path)
                 for k, i in enumerate(idxs):
-                    if i not in by_index:
-                        continue  # an empty completion has no tokens to analyse
-                    token_values = by_index[i]
+                    token_values = scored[i]
                     record = {
                         "id": str(row["id"]), "sample": k, "question": question_text(row["prompt"]),
                         "answer": str(row.get("answer", "")), "image": str(image_path),
@@ -135,8 +115,6 @@ def analyze_tokens(
                     bar.update(1)
             records_file.flush()
     bar.close()
-    if not rewards:
-        raise ValueError("no response had any token to analyse (all completions were empty)")
     summary: dict[str, Any] = {
         "responses": len(rewards), "mean_reward": sum(rewards) / len(rewards),
         "correct": sum(r >= 0.5 for r in rewards),

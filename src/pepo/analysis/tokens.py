@@ -16,7 +16,7 @@ larger than one layer's activations is ever kept.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
@@ -24,7 +24,7 @@ import torch
 from PIL import Image, ImageStat
 
 from pepo.eval.generation import encode_prompts
-from pepo.hooks import VisualScoreCapture, find_text_decoder
+from pepo.hooks import VisualScoreCapture, find_text_decoder, hidden_state_hooks
 from pepo.weights import pepo_token_weights, rows_without_image, token_entropy
 
 __all__ = [
@@ -174,19 +174,8 @@ class HiddenShiftCapture:
             cos = torch.nn.functional.cosine_similarity(tail[:half], tail[half:], dim=-1, eps=1e-8)
             layers[index] = (1.0 - cos).clamp_min(0.0)
 
-        handles = [
-            layer.register_forward_pre_hook(
-                lambda m, args, kwargs, i=i: store(i, args[0] if args else kwargs["hidden_states"]), with_kwargs=True
-            )
-            for i, layer in enumerate(self.decoder_layers)
-        ]
-        handles.append(self.final_norm.register_forward_hook(
-            lambda m, args, output: store(self.num_hidden_states - 1, output)))
-        try:
+        with hidden_state_hooks(self.decoder_layers, self.final_norm, store):
             yield self
-        finally:
-            for handle in handles:
-                handle.remove()
         if any(x is None for x in layers):
             raise RuntimeError("the forward did not run through every decoder layer; no shift was captured")
         self.shifts = torch.stack(layers)
@@ -258,7 +247,7 @@ def score_completions(
     shift = HiddenShiftCapture(model) if settings.shift != "none" else None
     was_training = model.training
     model.eval()
-    with capture.record(vision_mask, width), (shift.record(width) if shift else _nothing()):
+    with capture.record(vision_mask, width), (shift.record(width) if shift else nullcontext()):
         logits = model(**inputs, logits_to_keep=width + 1).logits
     model.train(was_training)
     scores = capture.scores[:n]
@@ -277,7 +266,3 @@ def score_completions(
         })
     return out
 
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield None

@@ -62,20 +62,21 @@ def resolve_image(value: Any, image_root: str | None, where: str) -> Image.Image
 _IMAGE_PLACEHOLDER = re.compile(r"<image>\s*")
 
 
-def _question_text(value: Any) -> Any:
-    """A question field may be plain text or a chat (``messages``): take the last user turn's text."""
+def question_text(value: Any) -> Any:
+    """A question field may be plain text or a chat (``messages``, e.g. a TRL prompt): the last user
+    turn's text, its text parts joined by spaces (image parts carry none). Other values unchanged."""
     if isinstance(value, list) and value and isinstance(value[0], dict):
         users = [m for m in value if m.get("role") == "user"] or value
         content = users[-1].get("content", "")
         if isinstance(content, list):
-            content = " ".join(p.get("text") or "" for p in content if isinstance(p, dict))
+            content = " ".join(p["text"] for p in content if isinstance(p, dict) and p.get("text"))
         return content
     return value
 
 
 def required_question(row: dict, column: str, where: str) -> str:
     """The row's question text (plain or chat ``messages``); DataError naming the field when empty."""
-    question = _question_text(row[column])
+    question = question_text(row[column])
     if not isinstance(question, str) or not question.strip():
         raise DataError(f"{where}, field {column!r}: empty question.")
     return question

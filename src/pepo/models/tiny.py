@@ -157,6 +157,16 @@ _IDEFICS_OPEN = (
     "{{- ':' -}}{%- else -%}{{- ': ' -}}{%- endif -%}"
 )
 _GEMMA_OPEN = "{{- '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\\n' -}}"
+# SmolVLM is Idefics3's architecture: the same turn format and processor-named tokens
+_IDEFICS_TEMPLATE = _chat_template(
+    _IDEFICS_OPEN, "<image>", "<video>", "<end_of_utterance>\n", "Assistant:", prefix="{{- bos_token -}}"
+)
+_IDEFICS_NAMED_TOKENS = (
+            ("image_token", "<image>"),
+            ("fake_image_token", "<fake_token_around_image>"),
+            ("global_image_token", "<global-img>"),
+            ("end_of_utterance_token", "<end_of_utterance>"),
+)
 
 
 @dataclass(frozen=True)
@@ -214,15 +224,8 @@ TOKENIZER_LAYOUTS: dict[str, TokenizerLayout] = {
         eos_token="<end_of_utterance>",
         bos_token="<|begin_of_text|>",
         image_token="<image>",
-        chat_template=_chat_template(
-            _IDEFICS_OPEN, "<image>", "<video>", "<end_of_utterance>\n", "Assistant:", prefix="{{- bos_token -}}"
-        ),
-        named_tokens=(
-            ("image_token", "<image>"),
-            ("fake_image_token", "<fake_token_around_image>"),
-            ("global_image_token", "<global-img>"),
-            ("end_of_utterance_token", "<end_of_utterance>"),
-        ),
+        chat_template=_IDEFICS_TEMPLATE,
+        named_tokens=_IDEFICS_NAMED_TOKENS,
     ),
     "smolvlm": TokenizerLayout(
         special_tokens=(
@@ -233,16 +236,8 @@ TOKENIZER_LAYOUTS: dict[str, TokenizerLayout] = {
         eos_token="<end_of_utterance>",
         bos_token="<|im_start|>",
         image_token="<image>",
-        chat_template=_chat_template(
-            _IDEFICS_OPEN, "<image>", "<video>", "<end_of_utterance>\n", "Assistant:", prefix="{{- bos_token -}}"
-        ),
-        named_tokens=(
-            ("image_token", "<image>"),
-            ("fake_image_token", "<fake_token_around_image>"),
-            ("global_image_token", "<global-img>"),
-            ("end_of_utterance_token", "<end_of_utterance>"),
-            ("video_token", "<video>"),
-        ),
+        chat_template=_IDEFICS_TEMPLATE,
+        named_tokens=_IDEFICS_NAMED_TOKENS + (("video_token", "<video>"),),
     ),
     "gemma3": TokenizerLayout(
         special_tokens=(
