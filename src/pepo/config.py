@@ -118,8 +118,23 @@ class ScriptArguments:
     warm_start_min_accuracy: float = field(
         default=0.30, metadata={"help": "A warm start ending below this held-out accuracy is retried, then fails."}
     )
+    warm_start_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Embedded model: reuse the warm-started model saved in this folder (made by an earlier run with "
+            "the same seed and data options), or warm-start and save it there. Lets several RL runs share one "
+            "warm start exactly."
+        },
+    )
     warm_start_retries: int = field(
         default=3, metadata={"help": "Re-initialise and retry a warm start that stays near chance (embedded model)."}
+    )
+    rl_seed: int | None = field(
+        default=None,
+        metadata={
+            "help": "Seed of the RL stage alone (its sampling and data order); default: `seed`. The warm start and "
+            "the data keep `seed`, so changing only this perturbs RL the way another CPU does (see README)."
+        },
     )
     eval_max_new_tokens: int = field(default=8, metadata={"help": "Generation length when scoring the test split."})
     torch_threads: int = field(

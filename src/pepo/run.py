@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import os
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +25,12 @@ from transformers import set_seed
 from pepo.callbacks import JsonlMetricsCallback
 from pepo.config import EMBEDDED, ScriptArguments
 from pepo.data.loading import load_rl_data
+from pepo.environment import environment
 from pepo.eval.generation import generate_completions
 from pepo.rewards import get_reward_funcs
 from pepo.trainer import PEPOConfig, PEPOTrainer
 
-__all__ = ["RunResult", "evaluate_accuracy", "build_model", "run_training"]
+__all__ = ["RunResult", "evaluate_accuracy", "build_model", "run_training", "save_warm_start", "load_warm_start"]
 
 _WARM_START_HELD_OUT = 200
 
@@ -89,6 +92,12 @@ def build_model(
         )
         return model, processor, 0
 
+    if script_args.warm_start and script_args.warm_start_dir:
+        cached = load_warm_start(Path(script_args.warm_start_dir), _warm_start_key(script_args, seed))
+        if cached is not None:
+            log(f"warm start: reusing {script_args.warm_start_dir} ({cached[2]} steps)")
+            return cached
+
     from pepo.data.synthetic import text_corpus
     from pepo.models.tiny import build_tiny_qwen2_5_vl, train_tiny_tokenizer
     from pepo.sft import WarmStartConfig, answer_completion, warm_start
@@ -114,11 +123,59 @@ def build_model(
         result = warm_start(model, processor, data["train"], held_out, score, config, seed=seed + attempt)
         log(f"warm start attempt {attempt + 1}: {result.steps} steps, held-out accuracy {result.accuracy:.3f}")
         if result.succeeded:
+            if script_args.warm_start_dir and training_args.process_index == 0:
+                save_warm_start(Path(script_args.warm_start_dir), model, processor, result.steps,
+                                _warm_start_key(script_args, seed))
             return model, processor, result.steps
     raise RuntimeError(
         f"the warm start stayed below {config.min_accuracy:.0%} held-out accuracy in {script_args.warm_start_retries} "
         "attempts; raise --warm_start_steps or --warm_start_learning_rate."
     )
+
+
+def _warm_start_key(script_args: ScriptArguments, seed: int) -> dict[str, Any]:
+    """Everything the embedded warm start depends on: a cached one is reused only when all of it matches."""
+    keys = ("dataset", "num_train", "warm_start_steps", "warm_start_learning_rate", "warm_start_target",
+            "warm_start_min_accuracy", "warm_start_retries", "reward_funcs")
+    return {"seed": seed, **{k: getattr(script_args, k) for k in keys}}
+
+
+def save_warm_start(folder: Path, model: Any, processor: Any, steps: int, key: dict[str, Any]) -> None:
+    """Save a warm-started model so that later runs load it instead of training it again.
+
+    Written to a temporary sibling and renamed into place, with ``warm_start.json`` last, so a process
+    killed while saving never leaves a folder that looks complete.
+    """
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    processor.save_pretrained(str(tmp))
+    (tmp / "warm_start.json").write_text(json.dumps({"steps": steps, "key": key}, indent=2))
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+
+
+def load_warm_start(folder: Path, key: dict[str, Any]) -> tuple[Any, Any, int] | None:
+    """``(model, processor, steps)`` from a folder written by :func:`save_warm_start`; ``None`` if there is none.
+
+    Raises:
+        ValueError: the folder holds a warm start made with other options (named), which would silently
+            change the experiment.
+    """
+    meta_path = folder / "warm_start.json"
+    if not meta_path.is_file():
+        return None
+    meta = json.loads(meta_path.read_text())
+    stored = {k: meta["key"].get(k) for k in key}
+    if json.loads(json.dumps(key)) != stored:
+        diff = {k: (stored[k], v) for k, v in json.loads(json.dumps(key)).items() if stored[k] != v}
+        raise ValueError(f"{folder} holds a warm start made with other options (saved, requested): {diff}; "
+                         "use another --warm_start_dir or delete that folder.")
+    from pepo.models.loading import load_model_and_processor
+
+    model, processor = load_model_and_processor(str(folder), torch_dtype="float32")
+    return model, processor, int(meta["steps"])
 
 
 def _write_config(path: Path, script_args: ScriptArguments, training_args: PEPOConfig) -> None:
@@ -215,6 +272,8 @@ def run_training(
         peft_config = LoraConfig(
             r=script_args.lora_r, lora_alpha=script_args.lora_alpha, target_modules=script_args.lora_target_modules
         )
+    if script_args.rl_seed is not None:  # Trainer.__init__ re-seeds from args.seed: RL sampling + data order
+        training_args.seed = script_args.rl_seed
     trainer = PEPOTrainer(
         model=model,
         peft_config=peft_config,
@@ -240,7 +299,8 @@ def run_training(
         return result
     (out / "results.json").write_text(json.dumps(
         {"before_rl": before, "after_rl": after, "warm_start_steps": ws_steps, "seconds": train_seconds,
-         "method": training_args.method, "seed": seed}, indent=2))
+         "method": training_args.method, "seed": seed,
+         "rl_seed": training_args.seed, "environment": environment()}, indent=2))
     from pepo.analysis.curves import plot_run
 
     plot_run(out / "metrics.jsonl", out / "plots", title=f"{training_args.method}, {script_args.model_name_or_path}, "

@@ -1,0 +1,192 @@
+"""A seed study of the embedded demo: several methods x seeds (x RL-stage seeds), one command each way.
+
+    python -m pepo.analysis.study run --out runs/study --methods grpo pepo --seeds 0 1 2 3 4 --jobs 2
+    python -m pepo.analysis.study run --out runs/study --methods grpo pepo --seeds 0 1 2 3 4 --rl_seed_offset 100
+    python -m pepo.analysis.study report runs/study --baseline grpo > docs/demo_study.md
+
+``run`` launches ``pepo demo --seed S --method M`` for every pair, ``--jobs`` at a time, each with one torch
+thread. All methods of a seed start from the same warm start, trained once and saved under
+``OUT/warm_start/sS`` (``--warm_start_dir``). With ``--rl_seed_offset K`` the RL stage alone is re-seeded
+with ``S + K`` (``--rl_seed``): same warm start, same data, different sampling and data order, which is how
+another CPU perturbs a run (see the README). Finished runs (``results.json`` present) are skipped, so a
+killed study resumes.
+
+``report`` reads every run folder under OUT and prints, per method and RL-seed offset, the before -> after
+table with mean gain and standard error, then each method's gain against the baseline paired by
+(seed, RL seed), with an exact sign-flip permutation test, and the machine and versions the runs recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Sequence
+
+from pepo.analysis.seeds import gain_summary, load_results, markdown_table
+from pepo.environment import environment_line
+
+__all__ = ["run_name", "paired_comparison", "report", "main"]
+
+
+def run_name(method: str, seed: int, rl_seed_offset: int) -> str:
+    """Folder name of one run: ``pepo_s3`` or, with an RL-seed offset, ``pepo_s3_rl+100``."""
+    return f"{method}_s{seed}" + (f"_rl+{rl_seed_offset}" if rl_seed_offset else "")
+
+
+def _command(out: Path, method: str, seed: int, offset: int, extra: Sequence[str]) -> list[str]:
+    cmd = [sys.executable, "-m", "pepo.cli", "demo", "--method", method, "--seed", str(seed),
+           "--warm_start_dir", str(out / "warm_start" / f"s{seed}"),
+           "--output_dir", str(out / run_name(method, seed, offset)), "--torch_threads", "1"]
+    if offset:
+        cmd += ["--rl_seed", str(seed + offset)]
+    return cmd + list(extra)
+
+
+def _run_all(out: Path, methods: Sequence[str], seeds: Sequence[int], offset: int, jobs: int,
+             extra: Sequence[str]) -> int:
+    todo = [(m, s) for m, s in itertools.product(methods, seeds)
+            if not (out / run_name(m, s, offset) / "results.json").is_file()]
+    # The first run of each seed trains and saves its warm start; the others of that seed wait for it.
+    pending = sorted(todo, key=lambda ms: (methods.index(ms[0]) > 0, ms[1]))
+    seeds_warming: set[int] = set()
+    running: list[tuple[subprocess.Popen, str, float, int]] = []
+    failed = 0
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    print(f"{len(todo)} runs to do ({len(methods) * len(seeds) - len(todo)} already finished), {jobs} at a time",
+          flush=True)
+    while pending or running:
+        for entry in list(running):
+            proc, name, start, _ = entry
+            if proc.poll() is not None:
+                running.remove(entry)
+                status = "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}; see logs/{name}.log)"
+                failed += proc.returncode != 0
+                print(f"  {name}: {status} in {time.perf_counter() - start:.0f} s", flush=True)
+        seeds_warming = {s for s in seeds_warming
+                         if not (out / "warm_start" / f"s{s}" / "warm_start.json").is_file()
+                         and any(seed == s for *_, seed in running)}
+        for m, s in list(pending):
+            if len(running) >= jobs:
+                break
+            ready = (out / "warm_start" / f"s{s}" / "warm_start.json").is_file()
+            if not ready and s in seeds_warming:
+                continue
+            pending.remove((m, s))
+            if not ready:
+                seeds_warming.add(s)
+            name = run_name(m, s, offset)
+            log = open(out / "logs" / f"{name}.log", "w")
+            running.append((subprocess.Popen(_command(out, m, s, offset, extra), stdout=log, stderr=subprocess.STDOUT,
+                                             env=env), name, time.perf_counter(), s))
+            print(f"  started {name}", flush=True)
+        time.sleep(1.0)
+    return 1 if failed else 0
+
+
+def _sign_flip_p(diffs: Sequence[float]) -> float:
+    """Two-sided exact p-value of the paired sign-flip permutation test (H0: differences symmetric about 0)."""
+    n = len(diffs)
+    observed = abs(sum(diffs))
+    hits = sum(abs(sum(d if b else -d for d, b in zip(diffs, bits))) >= observed - 1e-12
+               for bits in itertools.product((0, 1), repeat=n))
+    return hits / 2 ** n
+
+
+def paired_comparison(results_a: list[dict], results_b: list[dict], key: str = "overall") -> dict[str, float]:
+    """Gain of method B minus gain of method A, paired by (seed, RL seed); accuracy points.
+
+    Returns:
+        ``{"n", "mean_diff", "stderr", "t", "p_sign_flip", "b_better"}``: ``b_better`` counts pairs where B
+        gained more. Pairs present in only one list are ignored.
+    """
+    def gains(results: list[dict]) -> dict[tuple, float]:
+        return {(r.get("seed"), r.get("rl_seed", r.get("seed"))): 100 * (r["after_rl"][key] - r["before_rl"][key])
+                for r in results}
+
+    ga, gb = gains(results_a), gains(results_b)
+    common = sorted(set(ga) & set(gb), key=str)
+    diffs = [gb[k] - ga[k] for k in common]
+    n = len(diffs)
+    mean = sum(diffs) / n if n else float("nan")
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1)) if n > 1 else float("nan")
+    se = sd / math.sqrt(n) if n > 1 else float("nan")
+    return {"n": n, "mean_diff": mean, "stderr": se, "t": mean / se if se and se > 0 else float("nan"),
+            "p_sign_flip": _sign_flip_p(diffs) if n else float("nan"), "b_better": sum(d > 0 for d in diffs)}
+
+
+def _group(out: Path) -> dict[tuple[str, int], list[dict]]:
+    groups: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    runs = sorted(p.parent for p in out.glob("*/results.json"))
+    for r in load_results(runs):
+        offset = (r.get("rl_seed", r["seed"]) or 0) - r["seed"]
+        groups[(r["method"], offset)].append(r)
+    for rs in groups.values():
+        rs.sort(key=lambda r: r["seed"])
+    return groups
+
+
+def report(out: Path, baseline: str | None = None) -> str:
+    """The Markdown report of a study folder (see the module docstring)."""
+    groups = _group(out)
+    if not groups:
+        raise FileNotFoundError(f"no finished runs (*/results.json) under {out}")
+    lines: list[str] = []
+    envs = {environment_line(r["environment"]) for rs in groups.values() for r in rs if "environment" in r}
+    lines.append("Machine and versions: " + ("; ".join(sorted(envs)) if envs else "not recorded"))
+    for (method, offset), rs in sorted(groups.items()):
+        s = gain_summary(rs)
+        losers = sum(r["after_rl"]["overall"] < r["before_rl"]["overall"] for r in rs)
+        title = f"{method}, RL seed = seed" + (f" + {offset}" if offset else "")
+        lines += ["", f"### {title}", "", markdown_table(rs), "",
+                  f"overall: mean gain {s['mean_gain']:+.2f} points, s.e. {s['stderr']:.2f} over {s['n']} runs; "
+                  f"gain > 3 s.e.: {'yes' if s['mean_gain'] > 3 * s['stderr'] else 'no'}; "
+                  f"runs that lost accuracy: {losers}; mean train time "
+                  f"{sum(r['seconds'] for r in rs) / len(rs):.0f} s"]
+    if baseline:
+        lines += ["", f"### Paired by (seed, RL seed) against {baseline}", "",
+                  "| method | RL seed | pairs | gain - baseline gain (points) | paired t | sign-flip p | method better |",
+                  "|---|---|---|---|---|---|---|"]
+        for (method, offset), rs in sorted(groups.items()):
+            base = groups.get((baseline, offset))
+            if method == baseline or not base:
+                continue
+            c = paired_comparison(base, rs)
+            lines.append(f"| {method} | seed{' + ' + str(offset) if offset else ''} | {c['n']} | "
+                         f"{c['mean_diff']:+.2f} ± {c['stderr']:.2f} | {c['t']:.2f} | {c['p_sign_flip']:.3f} | "
+                         f"{c['b_better']}/{c['n']} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pepo.analysis.study", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run the grid of demo runs (resumable)")
+    r.add_argument("--out", required=True, type=Path)
+    r.add_argument("--methods", nargs="+", default=["grpo", "pepo"])
+    r.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    r.add_argument("--rl_seed_offset", type=int, default=0, help="re-seed the RL stage alone with seed + this")
+    r.add_argument("--jobs", type=int, default=2, help="runs at a time (one torch thread each)")
+    r.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more `pepo demo` options for every run")
+    p = sub.add_parser("report", help="print the Markdown tables of a study folder")
+    p.add_argument("out", type=Path)
+    p.add_argument("--baseline", default=None, help="method to pair every other method against, e.g. grpo")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        extra = [a for a in args.extra if a != "--"]
+        return _run_all(args.out, args.methods, args.seeds, args.rl_seed_offset, args.jobs, extra)
+    print(report(args.out, args.baseline))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
