@@ -16,8 +16,9 @@ How PEPO enters TRL's loss, touching as little of TRL as possible:
 
 * DAPO dynamic sampling wraps ``_generate_and_score_completions``: it drops groups whose rewards
   are all equal and generates fresh prompts until the batch is full (:mod:`pepo.dynamic_sampling`).
+  It reads the rewards by wrapping ``_calculate_rewards``, which only records its result.
 
-``tests/test_trl_contract.py`` fails loudly if TRL changes the three methods we rely on.
+``tests/test_trl_contract.py`` fails loudly if TRL changes the four methods we rely on.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from transformers import PreTrainedModel
 from trl import GRPOConfig, GRPOTrainer
 
 
-from pepo.dynamic_sampling import concat_batches, informative_groups, select_rows
+from pepo.dynamic_sampling import concat_batches, informative_groups, select_rows, total_rewards
 from pepo.hooks import VisualScoreCapture
 from pepo.weights import (
     exploration_only_weights,
@@ -168,8 +169,8 @@ class PEPOConfig(GRPOConfig):
         if self.dynamic_sampling:
             if self.multi_objective_aggregation != "sum_then_normalize":
                 raise ValueError(
-                    "dynamic_sampling needs multi_objective_aggregation='sum_then_normalize' (it detects equal-reward "
-                    "groups from their zero advantages)."
+                    "dynamic_sampling needs multi_objective_aggregation='sum_then_normalize': it drops groups whose "
+                    "summed rewards are equal, which only then have zero advantages."
                 )
             local = self.per_device_train_batch_size * self.steps_per_generation
             if local % self.num_generations:
@@ -237,6 +238,7 @@ class PEPOTrainer(GRPOTrainer):
         self._pepo_inputs: dict[str, Any] | None = None
         self._extra_prompts: Any = None  # iterator over fresh prompts for dynamic sampling
         self._extra_prompts_epoch = 0
+        self._last_rewards_per_func: torch.Tensor | None = None  # (N_all, F), the last generation round's
         self.last_token_stats: dict[str, torch.Tensor] | None = None  # last micro-batch, for inspection
 
     @property
@@ -352,6 +354,21 @@ class PEPOTrainer(GRPOTrainer):
 
     # --- DAPO dynamic sampling -------------------------------------------------------------------
 
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        # Record the rewards (gathered over processes) so dynamic sampling decides from them, not from advantages.
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._last_rewards_per_func = rewards_per_func
+        return rewards_per_func
+
+    def _local_rewards(self, num_local: int) -> torch.Tensor:
+        """(num_local,) total rewards of this process's completions in the last generation round."""
+        if self._last_rewards_per_func is None:
+            raise RuntimeError("dynamic sampling: TRL did not call _calculate_rewards during generation.")
+        start = self.accelerator.process_index * num_local  # TRL's own process slice
+        rewards = total_rewards(self._last_rewards_per_func, self.reward_weights)
+        self._last_rewards_per_func = None
+        return rewards[start : start + num_local]
+
     def _generate_and_score_completions(self, inputs):
         if not (self.args.dynamic_sampling and self.model.training):
             return super()._generate_and_score_completions(inputs)
@@ -363,7 +380,7 @@ class PEPOTrainer(GRPOTrainer):
         while True:
             out = super()._generate_and_score_completions(prompts)
             rounds += 1
-            informative = informative_groups(out["advantages"], group).tolist()
+            informative = informative_groups(self._local_rewards(len(prompts)), group).tolist()
             for g, ok in enumerate(informative):
                 (kept if ok else spare).append(range(offset + g * group, offset + (g + 1) * group))
             dropped += informative.count(False)
@@ -380,6 +397,10 @@ class PEPOTrainer(GRPOTrainer):
         merged = concat_batches(batches, self.processing_class.tokenizer.pad_token_id
                                 if hasattr(self.processing_class, "tokenizer") else self.processing_class.pad_token_id)
         result = select_rows(merged, [row for rows in chosen for row in rows])
+        if filled:
+            # Equal rewards: the true advantage is 0; TRL's is float rounding noise (up to ~1e-3) that would train.
+            result["advantages"] = result["advantages"].clone()
+            result["advantages"][(needed - filled) * group :] = 0.0
         loss_mask = result["completion_mask"] if "tool_mask" not in result else result["completion_mask"] * result["tool_mask"]
         result["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
         totals = self.accelerator.reduce(
