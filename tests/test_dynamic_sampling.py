@@ -68,7 +68,9 @@ def _qwen_like(prompt_len, completion_len, rows, tag):
     """A TRL-shaped generation output with per-sample pixel rows (image_grid_thw 1x2x2 = 4 rows per image)."""
     return {
         "prompt_ids": torch.full((rows, prompt_len), tag), "prompt_mask": torch.ones(rows, prompt_len, dtype=torch.long),
-        "mm_token_type_ids": torch.ones(rows, prompt_len, dtype=torch.long),
+        # spans prompt + completion, as TRL extends it: 1 on the prompt, 0 over the completion
+        "mm_token_type_ids": torch.cat([torch.ones(rows, prompt_len, dtype=torch.long),
+                                        torch.zeros(rows, completion_len, dtype=torch.long)], dim=1),
         "completion_ids": torch.full((rows, completion_len), tag), "completion_mask": torch.ones(rows, completion_len),
         "advantages": torch.arange(rows, dtype=torch.float) + 10 * tag,
         "old_per_token_logps": torch.full((rows, completion_len), -float(tag)),
@@ -84,7 +86,9 @@ def test_concat_pads_prompts_left_completions_right_and_select_keeps_pixels():
     assert "num_items_in_batch" not in merged
     assert merged["prompt_ids"].tolist()[0] == [0, 0, 1, 1, 1]  # left-padded with the pad id
     assert merged["prompt_mask"].tolist()[1] == [0, 0, 1, 1, 1]
-    assert merged["mm_token_type_ids"].tolist()[0] == [0, 0, 1, 1, 1]
+    # prompt part left-padded, completion part right-padded: aligned with prompt_ids + completion_ids
+    assert merged["mm_token_type_ids"].tolist()[0] == [0, 0, 1, 1, 1, 0, 0, 0, 0]
+    assert merged["mm_token_type_ids"].shape[1] == merged["prompt_ids"].shape[1] + merged["completion_ids"].shape[1]
     assert merged["completion_ids"].tolist()[0] == [1, 1, 0, 0]  # right-padded
     assert merged["completion_mask"].tolist()[0] == [1, 1, 0, 0]
     assert merged["old_per_token_logps"].tolist()[0] == [-1, -1, 0, 0]

@@ -20,7 +20,10 @@ from trl.trainer.utils import split_pixel_values_by_grid, unsplit_pixel_values_b
 __all__ = ["informative_groups", "total_rewards", "concat_batches", "select_rows"]
 
 #: (B, P) tensors aligned with the left-padded prompt, and their padding values (pad id filled in later).
-_PROMPT_KEYS = {"prompt_ids": None, "prompt_mask": 0, "mm_token_type_ids": 0, "token_type_ids": 0}
+_PROMPT_KEYS = {"prompt_ids": None, "prompt_mask": 0}
+#: (B, P + C) tensors spanning prompt and completion (TRL extends them with zeros over the completion): the prompt
+#: part is left-padded, the completion part right-padded, with these values.
+_SEQUENCE_KEYS = {"mm_token_type_ids": 0, "token_type_ids": 0}
 #: (B, T) tensors aligned with the right-padded completion, and their padding values.
 _COMPLETION_KEYS = {
     "completion_ids": None,
@@ -94,7 +97,8 @@ def total_rewards(rewards_per_func: torch.Tensor, reward_weights: torch.Tensor) 
 
 
 def _check_keys(batch: dict[str, Any]) -> None:
-    known = set(_PROMPT_KEYS) | set(_COMPLETION_KEYS) | set(_ROW_KEYS) | set(_PIXEL_KEYS) | set(_DERIVED_KEYS)
+    known = (set(_PROMPT_KEYS) | set(_SEQUENCE_KEYS) | set(_COMPLETION_KEYS) | set(_ROW_KEYS) | set(_PIXEL_KEYS)
+             | set(_DERIVED_KEYS))
     unknown = sorted(set(batch) - known)
     if unknown:
         raise NotImplementedError(
@@ -136,6 +140,11 @@ def concat_batches(batches: Sequence[dict[str, Any]], pad_token_id: int) -> dict
             continue
         if any(v is None for v in values):
             merged[key] = None
+        elif key in _SEQUENCE_KEYS:
+            widths = [b["prompt_ids"].shape[1] for b in split]
+            prompt = _pad([v[:, :w] for v, w in zip(values, widths)], _SEQUENCE_KEYS[key], left=True)
+            completion = _pad([v[:, w:] for v, w in zip(values, widths)], _SEQUENCE_KEYS[key], left=False)
+            merged[key] = torch.cat([prompt, completion], dim=1)
         elif key in _PROMPT_KEYS or key in _COMPLETION_KEYS:
             table = _PROMPT_KEYS if key in _PROMPT_KEYS else _COMPLETION_KEYS
             value = pad_token_id if table[key] is None else table[key]
