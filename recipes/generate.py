@@ -157,6 +157,32 @@ ABLATIONS = {
     **{f"pepo_g_{s}": {"method": "pepo_g", "vision_score_type": s} for s in ("l1", "l2", "dot")},
 }
 
+#: the release's own PEPO_D (commit 2b1e788, Qwen2.5-VL-3B on Geometry3K): loss bnpo, dynamic sampling, overlong
+#: filtering, epsilon_high unset (= epsilon 0.2: no clip-higher). Explicit values win over the pepo_d preset.
+RELEASE_PEPO_D = {
+    "pepo_d_release": {"method": "pepo_d", "loss_type": "bnpo", "epsilon": 0.2, "epsilon_high": 0.2,
+                       "mask_truncated_completions": True, "dynamic_sampling": True},
+}
+
+
+def _method_note(name: str, method: dict) -> str:
+    """The header sentence that says what this recipe's method settings resolve to."""
+    if name in RELEASE_PEPO_D:
+        return (" Release-faithful PEPO_D (the release's own recipe): loss bnpo, dynamic sampling, overlong "
+                "filtering, no clip-higher (epsilon_high = epsilon = 0.2); these explicit values override the "
+                "pepo_d preset.")
+    note = ""
+    if method["method"] in ("dapo", "pepo_d"):
+        note += (" DAPO preset here: loss dapo, clip-higher 0.28, overlong filtering, dynamic sampling; the "
+                 "release's PEPO_D used loss bnpo without clip-higher (recipe geometry3k/qwen2_5_vl_3b/"
+                 "pepo_d_release.yaml; explicit loss_type / epsilon_high values override the preset).")
+    elif method["method"] == "pepo_g" or method.get("loss_type") == "grpo":
+        note += " Loss grpo, no dynamic sampling, no overlong filtering."
+    changed = {k: v for k, v in method.items() if k in ("gate_alpha", "vision_score_type", "k_shot")}
+    if changed:
+        note += " This variant: " + ", ".join(f"{k} {v}" for k, v in changed.items()) + "."
+    return note
+
 
 def recipes() -> dict[Path, tuple[str, dict]]:
     """Every recipe: path -> (header comment, flat option mapping)."""
@@ -168,15 +194,12 @@ def recipes() -> dict[Path, tuple[str, dict]]:
             methods = {k: v for k, v in METHODS.items() if k in spec.get("methods", METHODS)}
             if task == "geometry3k" and backbone == "qwen2_5_vl_3b":
                 methods.update(ABLATIONS)
+                methods.update(RELEASE_PEPO_D)
             methods.update(spec.get("variants", {}))
             for name, method in methods.items():
                 values = {**model, **spec["fields"], **COMMON, **method,
                           "output_dir": f"runs/{task}/{backbone}/{name}"}
-                header = f"{task} x {backbone} x {name}. {spec['comment']}"
-                if method["method"] in ("dapo", "pepo_d"):
-                    header += (" DAPO preset here: loss dapo, clip-higher 0.28, overlong filtering, dynamic sampling; "
-                               "the release's PEPO_D used loss bnpo without clip-higher (set loss_type: bnpo, "
-                               "epsilon_high: 0.2 to match it).")
+                header = f"{task} x {backbone} x {name}. {spec['comment']}{_method_note(name, method)}"
                 out[ROOT / task / backbone / f"{name}.yaml"] = (header, values)
     return out
 

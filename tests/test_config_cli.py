@@ -27,6 +27,59 @@ def test_demo_recipe_parses_with_yaml_and_cli_precedence(tmp_path):
     assert args.bf16 is False  # no accelerator here: TRL's bf16 default is turned off
 
 
+def _resolved(**kwargs):
+    from pepo.trainer import PEPOConfig
+
+    values = dict(output_dir="/tmp/pepo-config-test", use_cpu=True, bf16=False, per_device_train_batch_size=8,
+                  num_generations=4, report_to="none")
+    return PEPOConfig(**{**values, **kwargs})
+
+
+def _method_fields(args):
+    return args.loss_type, args.epsilon_high, args.mask_truncated_completions, args.dynamic_sampling
+
+
+def test_presets_fill_only_fields_left_unset():
+    assert _method_fields(_resolved(method="pepo_d")) == ("dapo", 0.28, True, True)
+    assert _method_fields(_resolved(method="dapo")) == ("dapo", 0.28, True, True)
+    assert _method_fields(_resolved(method="pepo_g")) == ("grpo", None, False, False)
+    assert _method_fields(_resolved(method="pepo")) == ("dapo", None, False, False)  # TRL's default loss
+    # explicit values win, each on its own
+    assert _method_fields(_resolved(method="pepo_d", loss_type="bnpo")) == ("bnpo", 0.28, True, True)
+    assert _method_fields(_resolved(method="pepo_d", epsilon_high=0.2)) == ("dapo", 0.2, True, True)
+    assert _method_fields(_resolved(method="dapo", mask_truncated_completions=False, dynamic_sampling=False)) == (
+        "dapo", 0.28, False, False)
+    assert _resolved(method="pepo_g", loss_type="dr_grpo").loss_type == "dr_grpo"
+    assert _resolved(method="pepo", dynamic_sampling=True, mask_truncated_completions=True).dynamic_sampling
+
+
+def test_high_entropy_refuses_a_conflicting_top_entropy_quantile():
+    assert _resolved(method="high_entropy", high_entropy_quantile=0.3).top_entropy_quantile == 0.3
+    with pytest.raises(ValueError, match=r"high_entropy_quantile=0.2.*top_entropy_quantile=0.5"):
+        _resolved(method="high_entropy", top_entropy_quantile=0.5)
+
+
+def test_explicit_values_from_yaml_and_flags_beat_the_preset_but_the_demo_base_does_not(tmp_path):
+    base = load_yaml(demo_recipe_path())
+    assert base["loss_type"] == "grpo" and base["method"] == "pepo"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("method: pepo_d\nloss_type: bnpo\nepsilon_high: 0.2\n")
+    _, args = parse_train_args(["--config", str(recipe)], base=base)
+    assert _method_fields(args) == ("bnpo", 0.2, True, True)
+    _, args = parse_train_args(["--method", "pepo_d", "--loss_type", "bnpo", "--dynamic_sampling", "false"], base=base)
+    assert _method_fields(args) == ("bnpo", 0.28, True, False)
+    _, args = parse_train_args(["--method=pepo_d", "--loss-type=bnpo"], base=base)
+    assert args.loss_type == "bnpo"
+    # the demo recipe's `loss_type: grpo` is a default for its own method: the pepo_d preset replaces it ...
+    _, args = parse_train_args(["--method", "pepo_d"], base=base)
+    assert _method_fields(args) == ("dapo", 0.28, True, True)
+    # ... and stays for methods without a loss preset
+    _, args = parse_train_args(["--method", "grpo"], base=base)
+    assert _method_fields(args) == ("grpo", None, False, False)
+    _, args = parse_train_args([], base=base)
+    assert args.method == "pepo" and args.loss_type == "grpo"
+
+
 def test_unknown_yaml_key_is_named_with_suggestion(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("gate_alpah: 0.1\n")

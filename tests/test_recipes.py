@@ -179,3 +179,66 @@ def test_eval_task_scores_its_own_ground_truth(stand_ins, task, stand_in, split)
         wrong_answer = "[0, 0, 1, 1]" if spec.dataset_format == "grounding" else "Z9 none"
         wrong, _ = score([f"<think>look</think><answer>{wrong_answer}</answer>"], row)
         assert (right, wrong) == ([1.0], [0.0]), (task, row["answer"])
+
+
+# --- what each recipe resolves to -----------------------------------------------------------------------------
+
+#: recipe method -> (loss_type, upper clip epsilon, overlong filtering, dynamic sampling, token weighting, header says)
+RESOLVED_METHOD = {
+    "grpo": ("grpo", 0.2, False, False, None, "Loss grpo, no dynamic sampling, no overlong filtering."),
+    "pepo_g": ("grpo", 0.2, False, False, "pepo", "Loss grpo, no dynamic sampling, no overlong filtering."),
+    "high_entropy": ("grpo", 0.2, False, False, None, "Loss grpo, no dynamic sampling, no overlong filtering."),
+    "perception_only": ("grpo", 0.2, False, False, "perception_only",
+                        "Loss grpo, no dynamic sampling, no overlong filtering."),
+    "exploration_only": ("grpo", 0.2, False, False, "exploration_only",
+                         "Loss grpo, no dynamic sampling, no overlong filtering."),
+    "dapo": ("dapo", 0.28, True, True, None,
+             "DAPO preset here: loss dapo, clip-higher 0.28, overlong filtering, dynamic sampling"),
+    "pepo_d": ("dapo", 0.28, True, True, "pepo",
+               "DAPO preset here: loss dapo, clip-higher 0.28, overlong filtering, dynamic sampling"),
+    "pepo_d_release": ("bnpo", 0.2, True, True, "pepo",
+                       "loss bnpo, dynamic sampling, overlong filtering, no clip-higher (epsilon_high = epsilon = 0.2)"),
+}
+#: task -> (beta, gate_alpha, learning rate), as each task's header states them
+RESOLVED_TASK = {
+    "geometry3k": (0.001, 0.05, 1e-6), "refcoco": (0.001, 0.05, 1e-6), "fgvc_aircraft": (0.001, 0.02, 1e-6),
+    "flower102": (0.001, 0.02, 1e-6), "puzzlevqa": (0.001, 0.1, 1e-6), "virl39k": (0.01, 0.1, 1e-6),
+}
+
+
+def _header(recipe: Path) -> str:
+    lines = [line[1:].strip() for line in recipe.read_text().splitlines() if line.startswith("#")]
+    return " ".join(lines)
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[str(p.relative_to(ROOT / "recipes")) for p in RECIPES])
+def test_recipe_resolves_to_what_its_header_says(recipe, tmp_path):
+    import re
+
+    from pepo.config import parse_train_args
+
+    script, args = parse_train_args(["--config", str(recipe), "--output_dir", str(tmp_path), "--bf16", "false",
+                                     "--report_to", "none"])
+    stem, task = recipe.stem, recipe.parent.parent.name
+    variant = re.fullmatch(r"(.+?)(?:_(\dshot)|_alpha([\d.]+)|_(l1|l2|dot))?", stem)
+    method = stem if stem in RESOLVED_METHOD else variant.group(1)
+    loss, clip_high, overlong, dynamic, weighting, says = RESOLVED_METHOD[method]
+    header = _header(recipe)
+    assert says in header
+    upper = args.epsilon_high if args.epsilon_high is not None else args.epsilon
+    assert (args.loss_type, upper, args.mask_truncated_completions, args.dynamic_sampling) == (
+        loss, clip_high, overlong, dynamic)
+    assert args.epsilon == 0.2 and args.token_weighting == weighting
+    assert args.top_entropy_quantile == (0.2 if method == "high_entropy" else 1.0)
+    beta, alpha, lr = RESOLVED_TASK[task]
+    if variant.group(3):  # gate-strength ablation
+        alpha = float(variant.group(3))
+        assert f"This variant: gate_alpha {alpha:g}" in header
+    assert f"beta {beta:g}" in header and f"gate_alpha {alpha:g}" in header
+    assert (args.beta, args.gate_alpha, args.learning_rate) == (beta, alpha, lr)
+    assert args.vision_score_type == (variant.group(4) or "cosine")
+    assert args.gate_temperature == 1.8 and args.num_generations == 8 and args.temperature == 1.0
+    if variant.group(2):
+        assert script.k_shot == int(variant.group(2)[0]) and f"This variant: k_shot {script.k_shot}" in header
+    # 8 prompts x 8 samples per optimizer step on 8 GPUs: 2 completions x 4 accumulation steps per GPU
+    assert args.per_device_train_batch_size * args.gradient_accumulation_steps * 8 == 64

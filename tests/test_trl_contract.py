@@ -1,4 +1,4 @@
-"""PEPOTrainer wraps three private TRL methods. If TRL changes them, these tests say so first."""
+"""PEPOTrainer wraps four private TRL methods. If TRL changes them, these tests say so first."""
 
 from __future__ import annotations
 
@@ -44,13 +44,25 @@ def test_pepo_overrides_only_these_private_methods():
         name for name, value in vars(pepo.trainer.PEPOTrainer).items()
         if callable(value) and name.startswith("_") and not name.startswith("__") and hasattr(GRPOTrainer, name)
     }
-    assert own == {"_compute_loss", "_get_per_token_logps_and_entropies", "_generate_and_score_completions"}
+    assert own == {"_compute_loss", "_get_per_token_logps_and_entropies", "_generate_and_score_completions",
+                   "_calculate_rewards"}
 
 
 def test_generation_output_contract_for_dynamic_sampling():
-    """Dynamic sampling reads advantages from TRL's output and re-derives num_items_in_batch like TRL does."""
+    """Dynamic sampling reads each completion's rewards from ``_calculate_rewards`` (gathered over processes), sums
+    them the way TRL does, takes this process's slice the way TRL does, and re-derives num_items_in_batch like TRL."""
     assert list(inspect.signature(GRPOTrainer._generate_and_score_completions).parameters) == ["self", "inputs"]
+    assert list(inspect.signature(GRPOTrainer._calculate_rewards).parameters) == [
+        "self", "inputs", "prompts", "completions", "completion_ids_list"
+    ]
+    assert "rewards_per_func = gather(rewards_per_func)" in inspect.getsource(GRPOTrainer._calculate_rewards)
     source = inspect.getsource(GRPOTrainer._generate_and_score_completions)
+    assert source.count("self._calculate_rewards(") == 1  # one call per generation round
+    assert "rewards_per_func = self._calculate_rewards(inputs, prompts, completions, completion_ids_list)" in source
+    # pepo.dynamic_sampling.total_rewards is this sum, with unscorable rows NaN ...
+    assert "rewards = (rewards_per_func * self.reward_weights.to(device).unsqueeze(0)).nansum(dim=1)" in source
+    assert "rewards[unscorable_mask] = torch.nan" in source
+    # ... and PEPOTrainer._local_rewards takes this slice of it.
+    assert "self.accelerator.process_index * len(prompts)," in source
     assert "num_items_in_batch = self.accelerator.gather(loss_mask.sum()).sum()" in source
     assert '"advantages": advantages,' in source
-    assert "advantages = rewards - mean_grouped_rewards" in source  # zero advantages <=> equal rewards in a group

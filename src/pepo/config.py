@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import yaml
 from transformers import HfArgumentParser
 
-from pepo.trainer import PEPOConfig
+from pepo.trainer import PRESETS, PEPOConfig
 
 __all__ = ["ScriptArguments", "ConfigError", "load_yaml", "parse_train_args", "demo_recipe_path", "known_keys"]
 
@@ -206,6 +206,32 @@ def _has_accelerator() -> bool:
     return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
 
 
+def _flag_value(argv: Sequence[str], key: str) -> str | None:
+    """The value given to ``--key`` on the command line (``--key v`` or ``--key=v``), or None."""
+    value = None
+    for i, token in enumerate(argv):
+        for spelling in (key, key.replace("_", "-")):
+            if token == f"--{spelling}" and i + 1 < len(argv):
+                value = argv[i + 1]
+            elif token.startswith(f"--{spelling}="):
+                value = token.split("=", 1)[1]
+    return value
+
+
+def _let_method_preset_replace_base(values: dict[str, Any], base: dict[str, Any], chosen: dict[str, Any],
+                                    argv: Sequence[str]) -> None:
+    """Drop the base recipe's values for the fields the chosen method's preset governs.
+
+    ``base`` (the demo recipe under ``pepo demo``) holds defaults for its own method, not the user's choices:
+    ``pepo demo --method pepo_d`` must get the DAPO preset's loss, not the demo's ``loss_type: grpo``. Values from
+    the config file or the command line are explicit and are never dropped (PEPOConfig honours them).
+    """
+    method = _flag_value(argv, "method") or chosen.get("method") or base.get("method")
+    for name in PRESETS.get(str(method), {}):
+        if name in base and name not in chosen and _flag_value(argv, name) is None:
+            values.pop(name, None)
+
+
 def parse_train_args(argv: Sequence[str], base: dict[str, Any] | None = None) -> tuple[ScriptArguments, PEPOConfig]:
     """Parse ``[--config FILE] [--key value ...]`` into (ScriptArguments, PEPOConfig).
 
@@ -213,12 +239,15 @@ def parse_train_args(argv: Sequence[str], base: dict[str, Any] | None = None) ->
     """
     argv = list(argv)
     values = dict(base or {})
+    chosen: dict[str, Any] = {}  # what the config file and the command line set: the user's explicit choices
     if "--config" in argv:
         i = argv.index("--config")
         if i + 1 >= len(argv):
             raise ConfigError("--config needs a file path.")
-        values.update(load_yaml(argv[i + 1]))
+        chosen.update(load_yaml(argv[i + 1]))
         del argv[i : i + 2]
+    values.update(chosen)
+    _let_method_preset_replace_base(values, base or {}, chosen, argv)
     explicit = set(values) | {a[2:].split("=", 1)[0] for a in argv if a.startswith("--")}
     if not _has_accelerator():
         # TRL's GRPOConfig defaults to bf16, which stops a CPU-only machine before it starts; and transformers

@@ -1,7 +1,7 @@
 """DAPO dynamic sampling: keep only groups whose rewards differ, and sample more until the batch is full.
 
-A group whose G completions all received the same reward has advantage 0 for every completion:
-it costs a forward and backward and teaches nothing. DAPO drops such groups and keeps generating
+A group whose G completions all received the same reward has (up to float rounding) advantage 0 for
+every completion: it costs a forward and backward and teaches nothing. DAPO drops such groups and keeps generating
 (new prompts) until the batch holds as many informative groups as it should, up to a cap.
 
 This module holds the batch surgery on TRL's generation output (a dict of per-completion tensors):
@@ -17,10 +17,13 @@ from typing import Any, Sequence
 import torch
 from trl.trainer.utils import split_pixel_values_by_grid, unsplit_pixel_values_by_grid
 
-__all__ = ["informative_groups", "concat_batches", "select_rows"]
+__all__ = ["informative_groups", "total_rewards", "concat_batches", "select_rows"]
 
 #: (B, P) tensors aligned with the left-padded prompt, and their padding values (pad id filled in later).
-_PROMPT_KEYS = {"prompt_ids": None, "prompt_mask": 0, "mm_token_type_ids": 0, "token_type_ids": 0}
+_PROMPT_KEYS = {"prompt_ids": None, "prompt_mask": 0}
+#: (B, P + C) tensors spanning prompt and completion (TRL extends them with zeros over the completion): the prompt
+#: part is left-padded, the completion part right-padded, with these values.
+_SEQUENCE_KEYS = {"mm_token_type_ids": 0, "token_type_ids": 0}
 #: (B, T) tensors aligned with the right-padded completion, and their padding values.
 _COMPLETION_KEYS = {
     "completion_ids": None,
@@ -40,28 +43,62 @@ _PIXEL_KEYS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "image_
 _DERIVED_KEYS = ("num_items_in_batch",)
 
 
-def informative_groups(advantages: torch.Tensor, num_generations: int) -> torch.Tensor:
-    """Which groups of ``num_generations`` consecutive completions have non-zero reward variance.
+#: Two rewards of a group count as equal when |a - b| <= atol + rtol * max(|a|, |b|): torch.isclose's defaults,
+#: which TRL 1.16 also uses for its `frac_reward_zero_std` metric. TRL applies them to the group's std, an
+#: absolute 1e-8 that float32 rounding of the mean already exceeds for equal rewards of 1.3 in groups of 8
+#: (std 1.3e-7); applied to the rewards themselves the tolerance scales with their size.
+REWARD_RTOL = 1e-5
+REWARD_ATOL = 1e-8
 
-    With TRL's ``sum_then_normalize`` aggregation, A = (r - group mean) / scale, so every advantage of
-    a group is exactly 0 iff all its rewards are equal.
+
+def informative_groups(rewards: torch.Tensor, num_generations: int) -> torch.Tensor:
+    """Which groups of ``num_generations`` consecutive completions received rewards that are not all equal.
+
+    Decided from the rewards, not the advantages: TRL's advantage (r - mean) / (std + 1e-4) of a group of
+    equal but non-round rewards (0.1, 1.3, an IoU) is not 0 but ~1e-4 to 1e-3, because the float32 group
+    mean is not exact. A group is uninformative when max - min of its rewards is within
+    ``REWARD_ATOL + REWARD_RTOL * max |r|``. NaN rewards (completions no reward function could score, which
+    TRL gives advantage 0) are ignored; a group with fewer than two scored completions is uninformative.
 
     Args:
-        advantages: (N,) advantages, N a multiple of ``num_generations``.
+        rewards: (N,) total reward of each completion (weighted sum over reward functions, NaN when
+            unscorable), N a multiple of ``num_generations``, groups consecutive.
 
     Returns:
         (N / num_generations,) bool.
     """
-    if advantages.dim() != 1 or advantages.numel() % num_generations:
+    if rewards.dim() != 1 or rewards.numel() % num_generations:
         raise ValueError(
-            f"advantages must be 1-D with a multiple of num_generations={num_generations} entries, "
-            f"got shape {tuple(advantages.shape)}"
+            f"rewards must be 1-D with a multiple of num_generations={num_generations} entries, "
+            f"got shape {tuple(rewards.shape)}"
         )
-    return advantages.view(-1, num_generations).abs().amax(dim=1) > 0
+    grouped = rewards.detach().double().view(-1, num_generations)
+    scored = ~torch.isnan(grouped)
+    highest = torch.where(scored, grouped, -torch.inf).amax(dim=1)
+    lowest = torch.where(scored, grouped, torch.inf).amin(dim=1)
+    scale = torch.maximum(highest.abs(), lowest.abs())
+    spread = highest - lowest  # -inf when nothing in the group was scored
+    return (scored.sum(dim=1) >= 2) & (spread > REWARD_ATOL + REWARD_RTOL * scale)
+
+
+def total_rewards(rewards_per_func: torch.Tensor, reward_weights: torch.Tensor) -> torch.Tensor:
+    """Each completion's total reward as TRL's ``sum_then_normalize`` forms it: the weighted sum over reward
+    functions (NaN entries skipped), NaN where every function returned None.
+
+    Args:
+        rewards_per_func: (N, F) rewards, NaN where a function did not score a completion.
+        reward_weights: (F,) weights.
+
+    Returns:
+        (N,) float.
+    """
+    total = (rewards_per_func * reward_weights.to(rewards_per_func.device).unsqueeze(0)).nansum(dim=1)
+    return torch.where(torch.isnan(rewards_per_func).all(dim=1), torch.nan, total)
 
 
 def _check_keys(batch: dict[str, Any]) -> None:
-    known = set(_PROMPT_KEYS) | set(_COMPLETION_KEYS) | set(_ROW_KEYS) | set(_PIXEL_KEYS) | set(_DERIVED_KEYS)
+    known = (set(_PROMPT_KEYS) | set(_SEQUENCE_KEYS) | set(_COMPLETION_KEYS) | set(_ROW_KEYS) | set(_PIXEL_KEYS)
+             | set(_DERIVED_KEYS))
     unknown = sorted(set(batch) - known)
     if unknown:
         raise NotImplementedError(
@@ -103,6 +140,11 @@ def concat_batches(batches: Sequence[dict[str, Any]], pad_token_id: int) -> dict
             continue
         if any(v is None for v in values):
             merged[key] = None
+        elif key in _SEQUENCE_KEYS:
+            widths = [b["prompt_ids"].shape[1] for b in split]
+            prompt = _pad([v[:, :w] for v, w in zip(values, widths)], _SEQUENCE_KEYS[key], left=True)
+            completion = _pad([v[:, w:] for v, w in zip(values, widths)], _SEQUENCE_KEYS[key], left=False)
+            merged[key] = torch.cat([prompt, completion], dim=1)
         elif key in _PROMPT_KEYS or key in _COMPLETION_KEYS:
             table = _PROMPT_KEYS if key in _PROMPT_KEYS else _COMPLETION_KEYS
             value = pad_token_id if table[key] is None else table[key]

@@ -16,8 +16,9 @@ How PEPO enters TRL's loss, touching as little of TRL as possible:
 
 * DAPO dynamic sampling wraps ``_generate_and_score_completions``: it drops groups whose rewards
   are all equal and generates fresh prompts until the batch is full (:mod:`pepo.dynamic_sampling`).
+  It reads the rewards by wrapping ``_calculate_rewards``, which only records its result.
 
-``tests/test_trl_contract.py`` fails loudly if TRL changes the three methods we rely on.
+``tests/test_trl_contract.py`` fails loudly if TRL changes the four methods we rely on.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from __future__ import annotations
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -34,7 +35,7 @@ from transformers import PreTrainedModel
 from trl import GRPOConfig, GRPOTrainer
 
 
-from pepo.dynamic_sampling import concat_batches, informative_groups, select_rows
+from pepo.dynamic_sampling import concat_batches, informative_groups, select_rows, total_rewards
 from pepo.hooks import VisualScoreCapture
 from pepo.weights import (
     exploration_only_weights,
@@ -45,17 +46,17 @@ from pepo.weights import (
     scheduled_weights,
 )
 
-__all__ = ["METHODS", "PEPOConfig", "PEPOTrainer"]
+__all__ = ["METHODS", "PRESETS", "PEPOConfig", "PEPOTrainer"]
 
 #: method name -> one-line description (shown by ``pepo train --help`` and in the docs).
 METHODS: dict[str, str] = {
     "grpo": "GRPO: every token of a response shares its sequence advantage (baseline).",
-    "dapo": "DAPO preset: loss_type dapo, clip-higher (epsilon_high 0.28 unless set), overlong filtering "
-    "(mask_truncated_completions), dynamic sampling.",
+    "dapo": "DAPO preset: loss_type dapo, clip-higher (epsilon_high 0.28), overlong filtering "
+    "(mask_truncated_completions), dynamic sampling; each only where not set explicitly.",
     "pepo": "PEPO: perception prior gated by entropy, w = n * softmax(VS * (1 + alpha * tanh(centred)) / tau), "
     "on whatever loss_type is configured.",
-    "pepo_g": "PEPO_G: PEPO on GRPO (forces loss_type grpo).",
-    "pepo_d": "PEPO_D: PEPO on the DAPO preset.",
+    "pepo_g": "PEPO_G: PEPO on GRPO (loss_type grpo unless set explicitly).",
+    "pepo_d": "PEPO_D: PEPO on the DAPO preset (explicit values win, e.g. loss_type bnpo as in the release).",
     "perception_only": "Ablation: gate off (alpha = 0), w = n * softmax(VS / tau).",
     "exploration_only": "Ablation: entropy only, w = n * softmax(min-max-normalised entropy / tau).",
     "high_entropy": "High-Entropy RL baseline: only the top `high_entropy_quantile` tokens by entropy train.",
@@ -63,7 +64,15 @@ METHODS: dict[str, str] = {
 #: method -> token weighting it applies (None: sequence-level advantages, as in GRPO/DAPO)
 _WEIGHTING = {"pepo": "pepo", "pepo_g": "pepo", "pepo_d": "pepo", "perception_only": "perception_only",
               "exploration_only": "exploration_only"}
-_DAPO_PRESET = ("dapo", "pepo_d")
+_DAPO_PRESET = {"loss_type": "dapo", "epsilon_high": 0.28, "mask_truncated_completions": True, "dynamic_sampling": True}
+#: method -> the values its preset gives fields that were left unset (None). An explicit value always wins.
+PRESETS: dict[str, dict[str, Any]] = {"pepo_g": {"loss_type": "grpo"}, "dapo": _DAPO_PRESET, "pepo_d": _DAPO_PRESET}
+#: what an unset preset-governed field becomes when the method has no preset for it (TRL's own defaults;
+#: epsilon_high None is TRL's "same as epsilon")
+_UNSET_DEFAULTS: dict[str, Any] = {
+    **{f.name: f.default for f in fields(GRPOConfig) if f.name in ("loss_type", "mask_truncated_completions")},
+    "dynamic_sampling": False,
+}
 _SCORE_TYPES = ("cosine", "dot", "l2", "l1")
 _PERCENTILES = (0, 20, 40, 60, 80, 100)
 
@@ -116,11 +125,27 @@ class PEPOConfig(GRPOConfig):
             "(grpo, high_entropy), so training dynamics can be compared across methods."
         },
     )
-    dynamic_sampling: bool = field(
-        default=False,
+    # Fields a method preset may fill are None ("not set") by default, so that an explicit value (from Python,
+    # a recipe or the command line) is never overwritten; __post_init__ resolves None to the preset or TRL default.
+    loss_type: str | None = field(
+        default=None,
+        metadata={
+            "help": "TRL's loss formulation: grpo, bnpo, dr_grpo, dapo (and TRL's others). Unset: the method's "
+            "preset (grpo for pepo_g, dapo for dapo/pepo_d), else TRL's default dapo."
+        },
+    )
+    mask_truncated_completions: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Overlong filtering: truncated completions are left out of the loss (TRL). Unset: true for "
+            "methods dapo and pepo_d, else false."
+        },
+    )
+    dynamic_sampling: bool | None = field(
+        default=None,
         metadata={
             "help": "DAPO dynamic sampling: drop groups whose rewards are all equal and generate more prompts until "
-            "the batch is full (on by default for methods dapo and pepo_d)."
+            "the batch is full. Unset: true for methods dapo and pepo_d, else false."
         },
     )
     max_dynamic_sampling_rounds: int = field(
@@ -153,23 +178,22 @@ class PEPOConfig(GRPOConfig):
             raise ValueError(f"high_entropy_quantile must be in (0, 1], got {self.high_entropy_quantile}.")
         if self.method == "high_entropy":
             # TRL implements the token mask of High-Entropy RL (Wang et al., 2025) as `top_entropy_quantile`.
+            if self.top_entropy_quantile not in (1.0, self.high_entropy_quantile):
+                raise ValueError(
+                    f"method='high_entropy' sets top_entropy_quantile from high_entropy_quantile="
+                    f"{self.high_entropy_quantile}, but top_entropy_quantile={self.top_entropy_quantile} was also "
+                    "given: set high_entropy_quantile only."
+                )
             self.top_entropy_quantile = self.high_entropy_quantile
-        if self.method == "pepo_g":
-            self.loss_type = "grpo"
-        if self.method in _DAPO_PRESET:
-            self.loss_type = "dapo"
-            self.mask_truncated_completions = True
-            self.dynamic_sampling = True
-            if self.epsilon_high is None:
-                self.epsilon_high = 0.28  # DAPO's clip-higher
+        self._resolve_preset()
         if self.max_dynamic_sampling_rounds < 1:
             raise ValueError(f"max_dynamic_sampling_rounds must be >= 1, got {self.max_dynamic_sampling_rounds}.")
         super().__post_init__()
         if self.dynamic_sampling:
             if self.multi_objective_aggregation != "sum_then_normalize":
                 raise ValueError(
-                    "dynamic_sampling needs multi_objective_aggregation='sum_then_normalize' (it detects equal-reward "
-                    "groups from their zero advantages)."
+                    "dynamic_sampling needs multi_objective_aggregation='sum_then_normalize': it drops groups whose "
+                    "summed rewards are equal, which only then have zero advantages."
                 )
             local = self.per_device_train_batch_size * self.steps_per_generation
             if local % self.num_generations:
@@ -177,6 +201,15 @@ class PEPOConfig(GRPOConfig):
                     f"dynamic_sampling needs whole groups on each process: per_device_train_batch_size * "
                     f"steps_per_generation = {local} is not a multiple of num_generations = {self.num_generations}."
                 )
+
+    def _resolve_preset(self) -> None:
+        """Fill the preset-governed fields left unset (None): the method's preset first, then TRL's default."""
+        for name, value in PRESETS.get(self.method, {}).items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        for name, value in _UNSET_DEFAULTS.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
 
     @property
     def token_weighting(self) -> str | None:
@@ -237,6 +270,7 @@ class PEPOTrainer(GRPOTrainer):
         self._pepo_inputs: dict[str, Any] | None = None
         self._extra_prompts: Any = None  # iterator over fresh prompts for dynamic sampling
         self._extra_prompts_epoch = 0
+        self._last_rewards_per_func: torch.Tensor | None = None  # (N_all, F), the last generation round's
         self.last_token_stats: dict[str, torch.Tensor] | None = None  # last micro-batch, for inspection
 
     @property
@@ -352,6 +386,21 @@ class PEPOTrainer(GRPOTrainer):
 
     # --- DAPO dynamic sampling -------------------------------------------------------------------
 
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        # Record the rewards (gathered over processes) so dynamic sampling decides from them, not from advantages.
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._last_rewards_per_func = rewards_per_func
+        return rewards_per_func
+
+    def _local_rewards(self, num_local: int) -> torch.Tensor:
+        """(num_local,) total rewards of this process's completions in the last generation round."""
+        if self._last_rewards_per_func is None:
+            raise RuntimeError("dynamic sampling: TRL did not call _calculate_rewards during generation.")
+        start = self.accelerator.process_index * num_local  # TRL's own process slice
+        rewards = total_rewards(self._last_rewards_per_func, self.reward_weights)
+        self._last_rewards_per_func = None
+        return rewards[start : start + num_local]
+
     def _generate_and_score_completions(self, inputs):
         if not (self.args.dynamic_sampling and self.model.training):
             return super()._generate_and_score_completions(inputs)
@@ -363,7 +412,7 @@ class PEPOTrainer(GRPOTrainer):
         while True:
             out = super()._generate_and_score_completions(prompts)
             rounds += 1
-            informative = informative_groups(out["advantages"], group).tolist()
+            informative = informative_groups(self._local_rewards(len(prompts)), group).tolist()
             for g, ok in enumerate(informative):
                 (kept if ok else spare).append(range(offset + g * group, offset + (g + 1) * group))
             dropped += informative.count(False)
@@ -380,6 +429,10 @@ class PEPOTrainer(GRPOTrainer):
         merged = concat_batches(batches, self.processing_class.tokenizer.pad_token_id
                                 if hasattr(self.processing_class, "tokenizer") else self.processing_class.pad_token_id)
         result = select_rows(merged, [row for rows in chosen for row in rows])
+        if filled:
+            # Equal rewards: the true advantage is 0; TRL's is float rounding noise (up to ~1e-3) that would train.
+            result["advantages"] = result["advantages"].clone()
+            result["advantages"][(needed - filled) * group :] = 0.0
         loss_mask = result["completion_mask"] if "tool_mask" not in result else result["completion_mask"] * result["tool_mask"]
         result["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
         totals = self.accelerator.reduce(
