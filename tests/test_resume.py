@@ -3,8 +3,8 @@
 The end-to-end test runs ``pepo train`` in subprocesses (tests/resume_runner.py adds a varied reward so that
 an untrained tiny model gets signal) with a configuration where every piece of resume state matters:
 one generation serves 4 optimizer steps (steps_per_generation 2 x num_iterations 2), so checkpoints every
-3 steps fall inside TRL's buffered batch; DAPO dynamic sampling drops groups and draws extra prompts; an
-epoch is 8 steps, so the 12-step run crosses an epoch boundary; beta > 0 keeps a reference model.
+3 steps fall inside TRL's buffered batch; logging every 2 steps, so some checkpoints hold metrics not yet logged; DAPO dynamic sampling drops groups and draws extra prompts; an
+epoch is 8 steps, so the 16-step run crosses an epoch boundary; beta > 0 keeps a reference model.
 """
 
 from __future__ import annotations
@@ -34,11 +34,12 @@ from pepo.resume import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-MAX_STEPS = 12
+MAX_STEPS = 16
 SAVE_STEPS = 3
+LOG_STEPS = 2  # checkpoints at odd steps hold metrics not logged yet
 ARGS = [
     "train", "--num_train", "8", "--num_test", "8", "--warm_start_steps", "2", "--warm_start_target", "0",
-    "--warm_start_min_accuracy", "0", "--max_steps", str(MAX_STEPS), "--logging_steps", "1",
+    "--warm_start_min_accuracy", "0", "--max_steps", str(MAX_STEPS), "--logging_steps", str(LOG_STEPS),
     "--per_device_train_batch_size", "8", "--num_generations", "4", "--method", "pepo", "--dynamic_sampling", "true",
     "--loss_type", "dapo", "--steps_per_generation", "2", "--num_iterations", "2", "--save_strategy", "steps",
     "--save_steps", str(SAVE_STEPS), "--beta", "0.01", "--learning_rate", "0.002", "--reward_funcs", "varied",
@@ -195,10 +196,10 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
 def test_killed_and_interrupted_run_resumes_bit_identical(tmp_path):
     full, cut = tmp_path / "full", tmp_path / "cut"
     # A different kill step every time (PEPO_TEST_KILL_STEP pins one); it is in every failure message. The
-    # first resume then starts in epoch 0, before the generation of step 9 that draws extra prompts; the
-    # Ctrl-C comes as step 9 is logged, so the run stops after step 10 or 11 and the second resume starts in
-    # epoch 1, inside a buffered generation, with the extra-prompt stream open.
-    kill_at = int(os.environ.get("PEPO_TEST_KILL_STEP", 0)) or random.randint(SAVE_STEPS + 1, 8)
+    # first resume then starts in epoch 0 (from step 3 or 6); the Ctrl-C comes as step 10 is logged, so the
+    # run stops after step 11 (inside a buffered generation, metrics not yet logged) or 12, and the second
+    # resume starts in epoch 1 with the extra-prompt stream open and generates again at step 13.
+    kill_at = int(os.environ.get("PEPO_TEST_KILL_STEP", 0)) or random.choice([4, 6, 8])  # logged steps
     where = f"(SIGKILL at step {kill_at}; PEPO_TEST_KILL_STEP={kill_at} repeats it)"
 
     # The reference: uninterrupted, asked to resume from a folder with nothing in it.
@@ -223,12 +224,12 @@ def test_killed_and_interrupted_run_resumes_bit_identical(tmp_path):
     first_resume = int(resumed_from.name.split("-")[1])
     assert first_resume % SAVE_STEPS == 0 and first_resume <= kill_at, where
 
-    # 2. Resume, and Ctrl-C it at step 9: it finishes the step, saves, and prints the resume command.
+    # 2. Resume, and Ctrl-C it at step 10: it finishes the step, saves, and prints the resume command.
     log = tmp_path / "cut2.log"
     argv = ARGS + ["--output_dir", str(cut), "--resume_from_checkpoint", "auto"]
     before_resume = _inode(cut / "metrics.jsonl")
     proc = _start(argv, log)
-    _wait_for_step(proc, cut, 9, log, replaced=before_resume)
+    _wait_for_step(proc, cut, 10, log, replaced=before_resume)
     proc.send_signal(signal.SIGINT)
     text = _finish(proc, log)
     assert proc.returncode == 130, f"{where}\n{text[-3000:]}"
@@ -238,7 +239,7 @@ def test_killed_and_interrupted_run_resumes_bit_identical(tmp_path):
     line = [x for x in text.splitlines() if "resume with: " in x]
     assert len(line) == 1, text[-3000:]
     stopped = int(line[0].split("stopped at step ")[1].split(",")[0])
-    assert stopped in (10, 11), where  # the step after the one whose log line triggered the Ctrl-C
+    assert stopped in (11, 12), where  # the step after the one whose log line triggered the Ctrl-C
     assert is_complete_checkpoint(cut / f"checkpoint-{stopped}"), where
     assert find_resumable_checkpoint(cut) == cut / f"checkpoint-{stopped}"
     command = shlex.split(line[0].split("resume with: ")[1])
@@ -260,13 +261,16 @@ def test_killed_and_interrupted_run_resumes_bit_identical(tmp_path):
     assert not differ, f"{where} resumed at {first_resume} and {stopped}: {len(differ)} tensors differ, e.g. {differ[:3]}"
     # metrics.jsonl: every step exactly once, with the same values (timings aside).
     ma, mb = _metrics(full), _metrics(cut)
-    assert [r["step"] for r in mb] == [r["step"] for r in ma] == list(range(1, MAX_STEPS + 1)) + [MAX_STEPS], where
+    logged = list(range(LOG_STEPS, MAX_STEPS + 1, LOG_STEPS))
+    assert [r["step"] for r in mb] == [r["step"] for r in ma] == logged + [MAX_STEPS], where
     for ra, rb in zip(ma, mb):
         assert ra.keys() == rb.keys(), f"{where} step {ra['step']}"
         changed = {k for k in ra if k not in TIMING_KEYS and ra[k] != rb[k]}
         assert not changed, f"{where} step {ra['step']}: {sorted(changed)} differ"
-    # PEPO's progress p = global_step / max_steps continues from the restored step (logged before the increment).
-    assert [r["pepo/progress"] for r in mb if "pepo/progress" in r] == [(s - 1) / MAX_STEPS for s in range(1, 13)]
+    # PEPO's progress p = global_step / max_steps (taken before the step's increment) continues from the
+    # restored step: each line averages the p of the steps since the previous line.
+    expected = [sum((s - 1 - k) / MAX_STEPS for k in range(LOG_STEPS)) / LOG_STEPS for s in logged]
+    assert [r["pepo/progress"] for r in mb if "pepo/progress" in r] == pytest.approx(expected, abs=1e-12)
     # The run really used what resume must restore: extra dynamic-sampling rounds, an epoch boundary, training.
     assert max(r.get("dynamic_sampling/rounds", 1) for r in ma) > 1
     assert any(r.get("epoch", 0) > 1 for r in ma)
@@ -279,7 +283,9 @@ def test_killed_and_interrupted_run_resumes_bit_identical(tmp_path):
           f"uninterrupted {uninterrupted_seconds:.1f} s, interrupted twice and resumed {resumed_seconds:.1f} s")
 
     # A checkpoint folder whose save was cut short is never taken as the newest.
+    newest = find_resumable_checkpoint(cut)
+    assert newest == cut / f"checkpoint-{MAX_STEPS}"  # the Trainer also saves at the last step
     partial = cut / f"checkpoint-{MAX_STEPS + SAVE_STEPS}"
-    shutil.copytree(cut / f"checkpoint-{MAX_STEPS}", partial)
+    shutil.copytree(newest, partial)
     (partial / MARKER).unlink()
-    assert find_resumable_checkpoint(cut) == cut / f"checkpoint-{MAX_STEPS}"
+    assert find_resumable_checkpoint(cut) == newest
