@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 from transformers import TrainerCallback
 
-__all__ = ["JsonlMetricsCallback", "read_metrics"]
+__all__ = ["JsonlMetricsCallback", "read_metrics", "truncate_metrics"]
 
 
 class JsonlMetricsCallback(TrainerCallback):
@@ -32,3 +33,29 @@ class JsonlMetricsCallback(TrainerCallback):
 def read_metrics(path: str | Path) -> list[dict]:
     """Read a metrics JSONL written by :class:`JsonlMetricsCallback`."""
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def truncate_metrics(path: str | Path, step: int) -> int:
+    """Cut a metrics JSONL back to what was logged up to a checkpoint at ``step``; returns lines removed.
+
+    The Trainer logs before it saves, so every line with ``step <= step`` was written before that
+    checkpoint, except the end-of-training summary (``train_runtime``, ...), which a resumed run writes
+    again. Lines after the checkpoint belong to the killed process and are logged again on resume, so
+    each step ends up in the file exactly once. The file is replaced atomically.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:  # the last line of a killed process may be cut short
+            continue
+        if record.get("step", 0) <= step and "train_runtime" not in record:
+            kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+    return len(lines) - len(kept)

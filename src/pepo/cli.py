@@ -16,6 +16,11 @@ embedded demo (tiny Qwen2.5-VL built in code, procedurally drawn shape questions
 
   --config FILE     flat YAML recipe of the options below; command-line flags override it
   --dry_run true    validate config, data, model and processor, score the test split, stop
+  --resume_from_checkpoint auto|PATH
+                    continue a killed or Ctrl-C'd run from the newest complete checkpoint-N in
+                    --output_dir (auto; none found: start fresh) or from PATH; the warm start and
+                    the first scoring are reused, not redone. Ctrl-C during training saves a
+                    checkpoint at the end of the step and prints the command that resumes.
 
 Examples:
   pepo train                                        # = pepo demo
@@ -50,7 +55,7 @@ def _train_help() -> str:
     return "\n".join(lines)
 
 
-def _train(argv: Sequence[str], base_demo: bool) -> int:
+def _train(argv: Sequence[str], base_demo: bool, command: str = "train") -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(_train_help())
         return 0
@@ -66,6 +71,16 @@ def _train(argv: Sequence[str], base_demo: bool) -> int:
     except (ConfigError, DataError) as err:
         print(f"pepo: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside RL training (set-up, warm start, scoring) or a second Ctrl-C
+        print("\npepo: interrupted before a checkpoint could be saved; `--resume_from_checkpoint auto` continues "
+              "from the newest complete checkpoint, if any.", file=sys.stderr)
+        return 130
+    if result.interrupted:
+        from pepo.resume import resume_command
+
+        print(f"\nstopped at step {result.checkpoint.name.split('-')[-1]}, checkpoint saved to {result.checkpoint}; "
+              f"resume with: {resume_command(command if argv or command != 'train' else 'demo', argv)}")
+        return 130
     if result.after is not None:
         print("\nheld-out accuracy (greedy), before -> after RL:")
         for key in result.before:
@@ -212,9 +227,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "scores the test split, trains with PEPO, scores again and writes runs/demo/. Any `pepo train` "
                   "option overrides the recipe, e.g. `pepo demo --method grpo --seed 1 --output_dir runs/grpo1`.")
             return 0
-        return _train(rest, base_demo=True)
+        return _train(rest, base_demo=True, command="demo")
     if command == "train":
-        return _train(rest, base_demo=False)
+        return _train(rest, base_demo=False, command="train")
     if command == "analyze":
         return _analyze(rest)
     if command == "eval":

@@ -3,6 +3,12 @@
 The run folder holds ``config.yaml`` (every resolved option), ``metrics.jsonl`` (one line per
 logging step), ``checkpoint/`` (model + processor, loadable by ``pepo.models.loading``),
 ``results.json`` (held-out accuracy before and after RL, per question type) and ``plots/``.
+
+For resuming (``--resume_from_checkpoint auto|PATH``, :mod:`pepo.resume`) it also holds the
+training checkpoints ``checkpoint-N/``, ``pre_rl.json`` (the held-out scores before RL and the
+warm-start length, written once RL is about to start) and, for a model built in code,
+``warm_start/`` (the model RL starts from). A resumed run reuses those instead of redoing the warm
+start and the first scoring.
 """
 
 from __future__ import annotations
@@ -22,17 +28,22 @@ import torch
 import yaml
 from transformers import set_seed
 
-from pepo.callbacks import JsonlMetricsCallback
-from pepo.config import EMBEDDED, ScriptArguments
+from pepo.callbacks import JsonlMetricsCallback, truncate_metrics
+from pepo.config import EMBEDDED, ConfigError, ScriptArguments
 from pepo.data.loading import load_rl_data
 from pepo.environment import environment
 from pepo.eval.generation import generate_completions
+from pepo.resume import checkpoint_step, find_resumable_checkpoint, resolve_resume_checkpoint
 from pepo.rewards import get_reward_funcs
 from pepo.trainer import PEPOConfig, PEPOTrainer
 
 __all__ = ["RunResult", "evaluate_accuracy", "build_model", "run_training", "save_warm_start", "load_warm_start"]
 
 _WARM_START_HELD_OUT = 200
+_PRE_RL = "pre_rl.json"
+_WARM_START_DIR = "warm_start"
+#: options about this invocation, not the experiment: left out of config.yaml (reused as a recipe)
+_NOT_IN_CONFIG = ("resume_from_checkpoint",)
 
 
 @dataclass
@@ -42,6 +53,10 @@ class RunResult:
     after: dict[str, float] | None
     warm_start_steps: int
     train_seconds: float
+    #: a Ctrl-C stopped training after saving ``checkpoint``; no results were written
+    interrupted: bool = False
+    checkpoint: Path | None = None
+    resumed_from: Path | None = None
 
 
 def evaluate_accuracy(
@@ -178,18 +193,69 @@ def load_warm_start(folder: Path, key: dict[str, Any]) -> tuple[Any, Any, int] |
     return model, processor, int(meta["steps"])
 
 
-def _write_config(path: Path, script_args: ScriptArguments, training_args: PEPOConfig) -> None:
+def _config_dict(script_args: ScriptArguments, training_args: PEPOConfig) -> dict[str, Any]:
     def plain(obj: Any) -> dict[str, Any]:
         out = {}
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
             if hasattr(value, "value"):  # enums
                 value = value.value
-            if isinstance(value, (str, int, float, bool, type(None), list, dict)):
+            if f.name not in _NOT_IN_CONFIG and isinstance(value, (str, int, float, bool, type(None), list, dict)):
                 out[f.name] = value
         return out
 
-    path.write_text(yaml.safe_dump({**plain(script_args), **plain(training_args)}, sort_keys=True))
+    return {**plain(script_args), **plain(training_args)}
+
+
+def _write_json_atomic(path: Path, value: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2))
+    os.replace(tmp, path)
+
+
+def _prepare_run_folder(out: Path, script_args: ScriptArguments, training_args: PEPOConfig, is_main: bool,
+                        log: Callable[[str], None]) -> Path | None:
+    """Decide between resuming and starting fresh; returns the checkpoint to resume from (None: fresh).
+
+    A fresh start never mixes with an earlier run: it refuses a folder holding checkpoints of an
+    unfinished run (they are what `--resume_from_checkpoint auto` continues) and clears the training
+    state of a finished one.
+    """
+    requested = training_args.resume_from_checkpoint
+    try:
+        resume = resolve_resume_checkpoint(requested, out)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    config = _config_dict(script_args, training_args)
+    if resume is not None:
+        previous = yaml.safe_load((out / "config.yaml").read_text()) if (out / "config.yaml").is_file() else None
+        if isinstance(previous, dict):
+            changed = sorted(k for k in set(config) | set(previous) if config.get(k) != previous.get(k))
+            if changed:
+                log(f"warning: resuming with options that differ from {out / 'config.yaml'}: {', '.join(changed)}; "
+                    "the run will not match an uninterrupted one.")
+        log(f"resuming from {resume} (step {checkpoint_step(resume)})")
+    else:
+        if requested not in (None, "", "none"):
+            log(f"no complete checkpoint in {out}; starting fresh")
+        unfinished = find_resumable_checkpoint(out)
+        if unfinished is not None and not (out / "results.json").is_file():
+            raise ConfigError(
+                f"{out} holds checkpoints of an unfinished run (newest complete: {unfinished.name}). Continue it with "
+                f"--resume_from_checkpoint auto, or choose another --output_dir (or delete them) to start fresh."
+            )
+        if is_main and out.is_dir():
+            stale = [p for p in out.iterdir() if p.is_dir() and checkpoint_step(p) is not None]
+            if stale:
+                log(f"removing {len(stale)} checkpoint folder(s) of an earlier run in {out}")
+            for path in stale + [out / _WARM_START_DIR]:
+                shutil.rmtree(path, ignore_errors=True)
+            for name in ("metrics.jsonl", _PRE_RL, "results.json"):
+                (out / name).unlink(missing_ok=True)
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=True))
+    return resume
 
 
 def _dry_run(script_args: ScriptArguments, training_args: PEPOConfig, data: Any, log: Callable[[str], None]) -> None:
@@ -232,7 +298,11 @@ def _dry_run(script_args: ScriptArguments, training_args: PEPOConfig, data: Any,
 def run_training(
     script_args: ScriptArguments, training_args: PEPOConfig, log: Callable[[str], None] = print
 ) -> RunResult:
-    """Run one experiment as configured; see the module docstring for what lands in the run folder."""
+    """Run one experiment as configured; see the module docstring for what lands in the run folder.
+
+    With ``training_args.resume_from_checkpoint`` (``auto`` or a checkpoint folder) it continues a
+    killed or interrupted run; the result equals that of an uninterrupted run (see :mod:`pepo.resume`).
+    """
     if not torch.cuda.is_available():
         torch.set_num_threads(script_args.torch_threads)
     seed = training_args.seed
@@ -240,9 +310,19 @@ def run_training(
     random.seed(seed)
     out = Path(training_args.output_dir)
     is_main = training_args.process_index == 0  # under torchrun / accelerate, one process writes the run folder
-    out.mkdir(parents=True, exist_ok=True)
-    if is_main:
-        _write_config(out / "config.yaml", script_args, training_args)
+    resume = None
+    if script_args.dry_run:
+        out.mkdir(parents=True, exist_ok=True)
+        if is_main:
+            (out / "config.yaml").write_text(yaml.safe_dump(_config_dict(script_args, training_args), sort_keys=True))
+    else:
+        if training_args.resume_from_checkpoint and (out / "results.json").is_file() and \
+                str(training_args.resume_from_checkpoint).lower() in ("auto", "true", "latest"):
+            done = json.loads((out / "results.json").read_text())
+            log(f"{out} holds a finished run (results.json); nothing to resume.")
+            return RunResult(out, done.get("before_rl") or {}, done.get("after_rl"), done.get("warm_start_steps", 0),
+                             done.get("seconds", 0.0))
+        resume = _prepare_run_folder(out, script_args, training_args, is_main, log)
     data, skipped = load_rl_data(script_args, seed=seed)
     for split, n in skipped.items():
         if n:
@@ -254,16 +334,37 @@ def run_training(
         return RunResult(out, {}, None, 0, 0.0)
 
     start = time.perf_counter()
-    model, processor, ws_steps = build_model(script_args, training_args, data, log)
+    test = data.get("test")
+    pre_rl = json.loads((out / _PRE_RL).read_text()) if resume is not None and (out / _PRE_RL).is_file() else None
+    if pre_rl is not None:
+        # The warm-started model and its scores were persisted before RL began: reuse them, do not redo them.
+        before, ws_steps = pre_rl["before_rl"], pre_rl["warm_start_steps"]
+        if pre_rl["model"] == _WARM_START_DIR:
+            from pepo.models.loading import load_model_and_processor
+
+            model, processor = load_model_and_processor(str(out / _WARM_START_DIR))
+            log(f"reusing the warm-started model in {out / _WARM_START_DIR} ({ws_steps} steps) and its scores")
+        else:
+            model, processor, _ = build_model(script_args, training_args, data, log)
+    else:
+        if resume is not None:
+            log(f"{out / _PRE_RL} is missing: redoing the model set-up and the scoring before RL")
+        model, processor, ws_steps = build_model(script_args, training_args, data, log)
+        before = None
+        if test is not None:
+            before = evaluate_accuracy(model, processor, test, reward_funcs[0], script_args.eval_max_new_tokens,
+                                       desc="scoring before RL")
+            log(f"held-out accuracy before RL: {before['overall']:.3f} on {int(before['n'])} items")
+        if is_main:
+            built_in_code = script_args.model_name_or_path == EMBEDDED
+            if built_in_code:  # its weights exist nowhere else; real checkpoints reload from model_name_or_path
+                model.save_pretrained(str(out / _WARM_START_DIR))
+                processor.save_pretrained(str(out / _WARM_START_DIR))
+            _write_json_atomic(out / _PRE_RL, {"before_rl": before, "warm_start_steps": ws_steps,
+                                               "model": _WARM_START_DIR if built_in_code else None})
     from pepo.models.loading import image_token_id
 
     image_token_id(model, processor, image_token=training_args.image_token)  # fails early, naming the fix
-    test = data.get("test")
-    before = after = None
-    if test is not None:
-        before = evaluate_accuracy(model, processor, test, reward_funcs[0], script_args.eval_max_new_tokens,
-                                   desc="scoring before RL")
-        log(f"held-out accuracy before RL: {before['overall']:.3f} on {int(before['n'])} items")
 
     peft_config = None
     if script_args.use_peft:
@@ -274,6 +375,9 @@ def run_training(
         )
     if script_args.rl_seed is not None:  # Trainer.__init__ re-seeds from args.seed: RL sampling + data order
         training_args.seed = script_args.rl_seed
+    metrics_path = out / "metrics.jsonl"
+    if resume is not None and is_main:
+        truncate_metrics(metrics_path, checkpoint_step(resume))
     trainer = PEPOTrainer(
         model=model,
         peft_config=peft_config,
@@ -281,26 +385,32 @@ def run_training(
         args=training_args,
         train_dataset=data["train"],
         processing_class=processor,
-        callbacks=[JsonlMetricsCallback(out / "metrics.jsonl")],
+        callbacks=[JsonlMetricsCallback(metrics_path)],
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
+    if trainer.interrupted:
+        checkpoint = out / f"checkpoint-{trainer.state.global_step}"
+        return RunResult(out, before or {}, None, ws_steps, time.perf_counter() - start, interrupted=True,
+                         checkpoint=checkpoint, resumed_from=resume)
     train_seconds = time.perf_counter() - start
     if script_args.use_peft:  # save a standalone model, loadable like any checkpoint
         trainer.model = trainer.model.merge_and_unload()
     trainer.save_model(str(out / "checkpoint"))
     if is_main:
         processor.save_pretrained(str(out / "checkpoint"))
+    after = None
     if test is not None:
         after = evaluate_accuracy(trainer.model, processor, test, reward_funcs[0], script_args.eval_max_new_tokens,
                                   desc="scoring after RL")
         log(f"held-out accuracy after RL:  {after['overall']:.3f} (before {before['overall']:.3f})")
-    result = RunResult(out, before or {}, after, ws_steps, train_seconds)
+    result = RunResult(out, before or {}, after, ws_steps, train_seconds, resumed_from=resume)
     if not is_main:
         return result
-    (out / "results.json").write_text(json.dumps(
-        {"before_rl": before, "after_rl": after, "warm_start_steps": ws_steps, "seconds": train_seconds,
-         "method": training_args.method, "seed": seed,
-         "rl_seed": training_args.seed, "environment": environment()}, indent=2))
+    _write_json_atomic(out / "results.json", {
+        "before_rl": before, "after_rl": after, "warm_start_steps": ws_steps, "seconds": train_seconds,
+        "method": training_args.method, "seed": seed,
+        "rl_seed": training_args.seed, "environment": environment(),
+        "resumed_from_step": None if resume is None else checkpoint_step(resume)})
     from pepo.analysis.curves import plot_run
 
     plot_run(out / "metrics.jsonl", out / "plots", title=f"{training_args.method}, {script_args.model_name_or_path}, "

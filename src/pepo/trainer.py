@@ -17,26 +17,45 @@ How PEPO enters TRL's loss, touching as little of TRL as possible:
 * DAPO dynamic sampling wraps ``_generate_and_score_completions``: it drops groups whose rewards
   are all equal and generates fresh prompts until the batch is full (:mod:`pepo.dynamic_sampling`).
   It reads the rewards by wrapping ``_calculate_rewards``, which only records its result.
+* Resume (:mod:`pepo.resume`): ``_save_checkpoint`` also saves what TRL keeps between optimizer steps
+  (buffered generation batch, micro-step counter, metrics not yet logged, dynamic sampling's prompt
+  stream) and then a completion marker; ``train`` restores it, and a first Ctrl-C saves a checkpoint
+  at the end of the current step and stops. The train sampler is TRL's, made epoch-addressable.
 
 ``tests/test_trl_contract.py`` fails loudly if TRL changes the four methods we rely on.
 """
 
 from __future__ import annotations
 
+import signal
+import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import skip_first_batches
 from accelerate.utils import is_peft_model
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from trl import GRPOConfig, GRPOTrainer
+from trl.trainer.utils import RepeatSampler
 
 
 from pepo.dynamic_sampling import concat_batches, informative_groups, select_rows, total_rewards
 from pepo.hooks import VisualScoreCapture
+from pepo.resume import (
+    load_process_state,
+    process_state_path,
+    remove_marker,
+    resolve_resume_checkpoint,
+    save_process_state,
+    write_marker,
+)
 from pepo.weights import (
     exploration_only_weights,
     fallback_rows,
@@ -244,6 +263,56 @@ def _reference_is_snapshot_of(model: Any, args: Any, peft_config: Any):
             model.config._name_or_path = original
 
 
+class _EpochRepeatSampler(RepeatSampler):
+    """TRL's ``RepeatSampler`` whose order depends only on (seed, epoch), so a resumed run replays it.
+
+    TRL draws epoch e's permutation as the (e+1)-th ``randperm`` of a generator seeded once. A resumed
+    run builds a new sampler and skips into epoch e, so it would replay epoch 0's order. Here
+    ``set_epoch(e)`` (which the Trainer calls before every epoch) rewinds the generator to exactly that
+    draw when it is not already there: the same orders as TRL's in an uninterrupted run.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._epoch = 0
+        self._drawn = 0  # permutations drawn from the generator so far
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch = epoch
+
+    def __iter__(self):
+        if self.shuffle and self.seed is not None and self._drawn != self._epoch:
+            self.generator.manual_seed(self.seed)
+            for _ in range(self._epoch):
+                torch.randperm(self.num_samples, generator=self.generator)
+            self._drawn = self._epoch
+        self._drawn += 1
+        return super().__iter__()
+
+
+class _ResumeAndInterrupt(TrainerCallback):
+    """Restores pepo's resume state when training begins; turns a Ctrl-C into save-and-stop at step end."""
+
+    def __init__(self, trainer: "PEPOTrainer"):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.trainer._resume_from is not None:
+            self.trainer._restore_resume_state(self.trainer._resume_from)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        trainer = self.trainer
+        requested = trainer._interrupt_requested
+        if trainer.accelerator.num_processes > 1:  # every process must stop at the same step
+            flag = torch.tensor(float(requested), device=trainer.accelerator.device)
+            requested = trainer.accelerator.reduce(flag, reduction="sum").item() > 0
+        if requested:
+            control.should_save = True
+            control.should_training_stop = True
+            trainer.interrupted = True
+        return control
+
+
 class PEPOTrainer(GRPOTrainer):
     """GRPOTrainer whose policy loss is reweighted token by token with PEPO.
 
@@ -271,7 +340,127 @@ class PEPOTrainer(GRPOTrainer):
         self._extra_prompts: Any = None  # iterator over fresh prompts for dynamic sampling
         self._extra_prompts_epoch = 0
         self._last_rewards_per_func: torch.Tensor | None = None  # (N_all, F), the last generation round's
+        self._extra_prompts_used = 0  # batches taken from the current `_extra_prompts` (saved for resume)
+        self._extra_prompts_peeked: Any = None  # a batch fetched ahead by `_reopen_extra_prompts`
         self.last_token_stats: dict[str, torch.Tensor] | None = None  # last micro-batch, for inspection
+        self._resume_from: str | None = None
+        self._interrupt_requested = False
+        self.interrupted = False  # set when a Ctrl-C stopped `train` after saving a checkpoint
+        self.add_callback(_ResumeAndInterrupt(self))
+
+    # --- resume and interruption ----------------------------------------------------------------
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+        """``Trainer.train`` with exact resume and Ctrl-C handling (see :mod:`pepo.resume`).
+
+        ``resume_from_checkpoint``: a checkpoint folder, or ``True`` / ``"auto"`` for the newest
+        *complete* checkpoint of ``output_dir`` (transformers' own choice ignores completeness).
+        After a Ctrl-C, ``self.interrupted`` is True and ``self.state.global_step`` names the
+        checkpoint just saved.
+        """
+        resume = None
+        if resume_from_checkpoint not in (None, False):
+            resume = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
+            if resume is None:
+                raise ValueError(f"no complete checkpoint to resume from in {self.args.output_dir}.")
+        self._resume_from = None if resume is None else str(resume)
+        self.interrupted = False
+        with self._ctrl_c_saves_a_checkpoint():
+            return super().train(self._resume_from, *args, **kwargs)
+
+    @contextmanager
+    def _ctrl_c_saves_a_checkpoint(self):
+        """First SIGINT: finish the step, save, stop. A second one interrupts at once (the old handler)."""
+        self._interrupt_requested = False
+        if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+            yield
+            return
+
+        def request_stop(signum, frame):
+            self._interrupt_requested = True
+            signal.signal(signal.SIGINT, previous)
+            if self.args.process_index == 0:
+                print("\nCtrl-C: finishing this step, then saving a checkpoint and stopping "
+                      "(Ctrl-C again to stop without saving).", file=sys.stderr, flush=True)
+
+        previous = signal.signal(signal.SIGINT, request_stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _resume_state(self) -> dict[str, Any]:
+        """What this process must get back to continue exactly: see :mod:`pepo.resume`."""
+        return {
+            "global_step": self.state.global_step,
+            "trl_step": self._step,
+            "buffered_inputs": self._buffered_inputs,
+            "train_metrics": {key: list(values) for key, values in self._metrics["train"].items()},
+            "tr_loss": self._tr_loss.detach().clone(),
+            "globalstep_last_logged": self._globalstep_last_logged,
+            "extra_prompts_epoch": self._extra_prompts_epoch,
+            "extra_prompts_used": None if self._extra_prompts is None else self._extra_prompts_used,
+        }
+
+    def _restore_resume_state(self, checkpoint: str) -> None:
+        state = load_process_state(checkpoint, self.args.process_index, device=self.accelerator.device)
+        if state["global_step"] != self.state.global_step:
+            raise ValueError(f"{process_state_path(checkpoint, self.args.process_index)} is from step "
+                             f"{state['global_step']} but trainer_state.json from step {self.state.global_step}.")
+        self._step = state["trl_step"]
+        self._buffered_inputs = state["buffered_inputs"]
+        self._metrics["train"].clear()
+        self._metrics["train"].update({key: list(values) for key, values in state["train_metrics"].items()})
+        self._tr_loss.copy_(state["tr_loss"])
+        self._globalstep_last_logged = state["globalstep_last_logged"]
+        self._extra_prompts_epoch = state["extra_prompts_epoch"]
+        self._extra_prompts = None
+        if state["extra_prompts_used"] is not None:
+            self._reopen_extra_prompts(state["extra_prompts_used"])
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        target = self.model if model is None else model
+        if (self.is_deepspeed_enabled or self.is_fsdp_enabled or is_peft_model(target)
+                or not isinstance(target, PreTrainedModel)):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        # transformers 5.x saves checkpoints in the hub's key format (save_pretrained reverts the model's weight
+        # conversion) but its resume loads them with load_state_dict(strict=False): for a model with a conversion
+        # mapping (Qwen2.5-VL and most VLMs) no key matches and *nothing* is loaded, with only a log message
+        # (huggingface/transformers#43701). Load through from_pretrained, which converts, and require every key.
+        dtype = next(target.parameters()).dtype
+        loaded = type(target).from_pretrained(resume_from_checkpoint, dtype=dtype)
+        target.load_state_dict(loaded.state_dict(), strict=True)
+        del loaded
+
+    def _save_checkpoint(self, model, trial):
+        run_dir = self._get_output_dir(trial=trial)
+        folder = Path(run_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:
+            remove_marker(folder)  # rewriting an existing folder: incomplete until the marker is back
+        # Older checkpoints are deleted only once this one is complete (transformers rotates before that).
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        folder.mkdir(parents=True, exist_ok=True)
+        save_process_state(folder, self.args.process_index, self._resume_state())
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            files = [process_state_path(folder, i).name for i in range(self.args.world_size)]
+            write_marker(folder, self.state.global_step, files)
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+
+    def _get_train_sampler(self, dataset=None):
+        sampler = super()._get_train_sampler(dataset)
+        if type(sampler) is not RepeatSampler:
+            return sampler
+        return _EpochRepeatSampler(
+            data_source=sampler.data_source, mini_repeat_count=sampler.mini_repeat_count,
+            batch_size=sampler.batch_size, repeat_count=sampler.repeat_count, shuffle=sampler.shuffle,
+            seed=sampler.seed,
+        )
 
     @property
     def progress(self) -> float:
@@ -444,28 +633,54 @@ class PEPOTrainer(GRPOTrainer):
         metrics["dynamic_sampling/rounds"].append(totals[2].item() / self.accelerator.num_processes)
         return result
 
+    def _open_extra_prompts(self, skip: int = 0) -> None:
+        """Start epoch ``_extra_prompts_epoch`` of the extra-prompt stream, ``skip`` batches in."""
+        seed = self.args.seed + 7919 * self._extra_prompts_epoch  # a different order than the main sampler
+
+        def sampler(dataset):
+            return RepeatSampler(
+                data_source=dataset, mini_repeat_count=self.num_generations,
+                batch_size=self.args.generation_batch_size // self.num_generations,
+                repeat_count=1, shuffle=True, seed=seed,
+            )
+
+        loader = self._get_dataloader(
+            dataset=self.train_dataset, description="Dynamic sampling",
+            batch_size=self._train_batch_size * self.args.steps_per_generation,
+            sampler_fn=sampler, is_training=True,
+        )
+        if skip:
+            loader = skip_first_batches(loader, skip)  # skips indices, loads no rows
+        self._extra_prompts = iter(loader)
+        self._extra_prompts_used = skip
+        self._extra_prompts_peeked = None
+
+    def _reopen_extra_prompts(self, used: int) -> None:
+        """Reopen the extra-prompt stream where a checkpoint left it (on resume, before the RNG is restored).
+
+        A DataLoader iterator draws its base seed from the global RNG at its first ``next``. The
+        interrupted run drew it before the checkpoint (it is in the saved RNG state), so the resumed run
+        must draw it now, before the Trainer restores the RNG, not in the middle of a later step: the
+        first batch is fetched here and handed out by the next ``_next_prompts``.
+        """
+        self._open_extra_prompts(skip=used)
+        try:
+            self._extra_prompts_peeked = next(self._extra_prompts)
+        except StopIteration:  # the stream was used up; the next call starts the next epoch, as it would have
+            self._extra_prompts = None
+
     def _next_prompts(self) -> list[dict[str, Any]]:
         """A fresh generation batch of prompts (new prompts, not the repeats TRL's sampler yields)."""
-        from trl.trainer.utils import RepeatSampler
-
         while True:
             if self._extra_prompts is None:
                 self._extra_prompts_epoch += 1
-                seed = self.args.seed + 7919 * self._extra_prompts_epoch  # a different order than the main sampler
-
-                def sampler(dataset):
-                    return RepeatSampler(
-                        data_source=dataset, mini_repeat_count=self.num_generations,
-                        batch_size=self.args.generation_batch_size // self.num_generations,
-                        repeat_count=1, shuffle=True, seed=seed,
-                    )
-
-                self._extra_prompts = iter(self._get_dataloader(
-                    dataset=self.train_dataset, description="Dynamic sampling",
-                    batch_size=self._train_batch_size * self.args.steps_per_generation,
-                    sampler_fn=sampler, is_training=True,
-                ))
+                self._open_extra_prompts()
             try:
-                return next(self._extra_prompts)
+                batch, self._extra_prompts_peeked = self._extra_prompts_peeked, None
+                if batch is None:
+                    batch = next(self._extra_prompts)
             except StopIteration:
                 self._extra_prompts = None
+                continue
+            self._extra_prompts_used += 1
+            return batch
