@@ -36,6 +36,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from pepo.dynamic_sampling import concat_batches, informative_groups, select_rows
 from pepo.hooks import VisualScoreCapture
+from pepo.perception_trainer import PerceptionArguments, PerceptionMixin
 from pepo.weights import (
     exploration_only_weights,
     fallback_rows,
@@ -59,17 +60,23 @@ METHODS: dict[str, str] = {
     "perception_only": "Ablation: gate off (alpha = 0), w = n * softmax(VS / tau).",
     "exploration_only": "Ablation: entropy only, w = n * softmax(min-max-normalised entropy / tau).",
     "high_entropy": "High-Entropy RL baseline: only the top `high_entropy_quantile` tokens by entropy train.",
+    # perception-aware baselines (pepo.perception_trainer): one extra masked-image forward per micro-batch
+    "papo_g": "PAPO_G: GRPO + implicit perception loss (KL to the masked-image policy, maximised, coef 0.02) + double "
+    "entropy (0.05 / 0.05); forces loss_type grpo. Set beta 0.01 for the public scripts' KL to the reference.",
+    "papo_d": "PAPO_D: the DAPO preset + implicit perception loss (coef 0.01) + double entropy (0.03 / 0.03).",
+    "vppo": "VPPO: the DAPO preset; per response only the top 40% tokens by visual dependency train, advantages "
+    "scaled by the response's dependency (min 0.9), entropy penalty 0.06.",
 }
 #: method -> token weighting it applies (None: sequence-level advantages, as in GRPO/DAPO)
 _WEIGHTING = {"pepo": "pepo", "pepo_g": "pepo", "pepo_d": "pepo", "perception_only": "perception_only",
               "exploration_only": "exploration_only"}
-_DAPO_PRESET = ("dapo", "pepo_d")
+_DAPO_PRESET = ("dapo", "pepo_d", "papo_d", "vppo")
 _SCORE_TYPES = ("cosine", "dot", "l2", "l1")
 _PERCENTILES = (0, 20, 40, 60, 80, 100)
 
 
 @dataclass
-class PEPOConfig(GRPOConfig):
+class PEPOConfig(GRPOConfig, PerceptionArguments):
     """GRPOConfig plus PEPO's options. Every GRPOConfig field keeps its TRL meaning.
 
     Defaults follow the paper's public release at commit 2b1e788 (alpha 0.05, tau 1.8, cosine,
@@ -154,7 +161,7 @@ class PEPOConfig(GRPOConfig):
         if self.method == "high_entropy":
             # TRL implements the token mask of High-Entropy RL (Wang et al., 2025) as `top_entropy_quantile`.
             self.top_entropy_quantile = self.high_entropy_quantile
-        if self.method == "pepo_g":
+        if self.method in ("pepo_g", "papo_g"):
             self.loss_type = "grpo"
         if self.method in _DAPO_PRESET:
             self.loss_type = "dapo"
@@ -162,6 +169,7 @@ class PEPOConfig(GRPOConfig):
             self.dynamic_sampling = True
             if self.epsilon_high is None:
                 self.epsilon_high = 0.28  # DAPO's clip-higher
+        self.resolve_perception(self.method)  # PAPO / VPPO defaults (pepo.perception_trainer)
         if self.max_dynamic_sampling_rounds < 1:
             raise ValueError(f"max_dynamic_sampling_rounds must be >= 1, got {self.max_dynamic_sampling_rounds}.")
         super().__post_init__()
@@ -211,7 +219,7 @@ def _reference_is_snapshot_of(model: Any, args: Any, peft_config: Any):
             model.config._name_or_path = original
 
 
-class PEPOTrainer(GRPOTrainer):
+class PEPOTrainer(PerceptionMixin, GRPOTrainer):
     """GRPOTrainer whose policy loss is reweighted token by token with PEPO.
 
     Takes the same arguments as ``trl.GRPOTrainer``; ``args`` must be a :class:`PEPOConfig`.
