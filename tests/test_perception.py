@@ -307,3 +307,38 @@ def test_method_defaults_and_presets(tmp_path):
                 {"vppo_top_fraction": 0.0}, {"perception_mask_scope": "batch"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             make_config(tmp_path, method="vppo", **bad)
+
+
+# --- every supported family ------------------------------------------------------------------------
+
+from pepo.models.tiny import SUPPORTED_FAMILIES, TinyVLMSpec, build_tiny_model  # noqa: E402
+from tests.test_families import _needs, tokenizers  # noqa: E402,F401  (fixture)
+
+FAMILY_PARAMS = [pytest.param(f, marks=_needs(f), id=f) for f in SUPPORTED_FAMILIES]
+
+
+@pytest.mark.parametrize("method", ["papo_g", "papo_d", "vppo"])
+@pytest.mark.parametrize("family", FAMILY_PARAMS)
+def test_family_trains_with_perception_method(family, method, tokenizers, tmp_path):  # noqa: F811
+    from tests.test_trainer import snapshot
+
+    model, processor = build_tiny_model(family, tokenizers(family), TinyVLMSpec(), seed=0)
+    trainer = _untruncated(make_trainer((model, processor), tmp_path, method=method))
+    before = snapshot(trainer.model)
+    trainer.train()
+    after = snapshot(trainer.model)
+    assert [n for n in before if not torch.equal(before[n], after[n])], "no parameter changed"
+    prefix = "vppo" if method == "vppo" else "papo"
+    records = [r for r in trainer.state.log_history if f"{prefix}/masked_forward_ms" in r]
+    assert len(records) == 2
+    key = "vppo/dependency_mean" if method == "vppo" else "papo/kl_prcp"
+    assert all(math.isfinite(r[key]) and r[key] >= 0 for r in records)
+    assert any(r[key] > 0 for r in records), "masking never changed the policy's distribution"
+
+    # This family's masked pixels: the original ones without masking, different ones with it.
+    inputs = _prepared_batch(trainer, progress=0.0)
+    trainer.args.perception_mask_probability = 0.0
+    assert torch.equal(trainer._masked_pixel_values(inputs), inputs["pixel_values"])
+    trainer.args.perception_mask_probability = 1.0
+    masked = trainer._masked_pixel_values(inputs)
+    assert masked.shape == inputs["pixel_values"].shape and not torch.equal(masked, inputs["pixel_values"])
