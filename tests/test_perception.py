@@ -342,3 +342,24 @@ def test_family_trains_with_perception_method(family, method, tokenizers, tmp_pa
     trainer.args.perception_mask_probability = 1.0
     masked = trainer._masked_pixel_values(inputs)
     assert masked.shape == inputs["pixel_values"].shape and not torch.equal(masked, inputs["pixel_values"])
+
+
+@pytest.mark.parametrize("backbone", ["qwen2_5_vl_3b", "internvl3_2b"])
+def test_perception_recipes_resolve_to_the_public_scripts_settings(backbone):
+    from pathlib import Path
+
+    from pepo.config import parse_train_args
+
+    root = Path(__file__).resolve().parent.parent / "recipes"
+    resolved = {m: parse_train_args(["--config", str(root / "geometry3k" / backbone / f"{m}.yaml")])[1]
+                for m in ("papo_g", "papo_d", "vppo")}
+    g, d, v = resolved["papo_g"], resolved["papo_d"], resolved["vppo"]
+    assert (g.loss_type, g.beta, g.papo_kl_coef, g.papo_entropy_coef, g.perception_mask_probability,
+            g.perception_mask_stage, g.perception_mask_scope) == ("grpo", 0.01, 0.02, 0.05, 0.6, "image", "prompt")
+    assert (d.loss_type, d.beta, d.dynamic_sampling, d.papo_kl_coef, d.papo_masked_entropy_coef) == (
+        "dapo", 0.0, True, 0.01, 0.03)
+    assert (v.loss_type, v.beta, v.dynamic_sampling, v.epsilon, v.epsilon_high, v.perception_mask_stage,
+            v.perception_mask_probability, v.vppo_top_fraction, v.vppo_scale_min, v.vppo_entropy_coef) == (
+        "dapo", 0.0, True, 0.2, 0.28, "pixels", 0.5, 0.4, 0.9, 0.06)
+    virl = parse_train_args(["--config", str(root / "virl39k" / "qwen2_5_vl_3b" / "papo_g.yaml")])[1]
+    assert (virl.method, virl.beta, virl.papo_kl_coef) == ("papo_g", 0.01, 0.02)
