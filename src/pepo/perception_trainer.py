@@ -194,10 +194,15 @@ class PerceptionMixin:
             masked = block_mask_pixel_values(per_row, gens, image_processor, args.perception_mask_block_size,
                                              args.perception_mask_probability, args.perception_mask_fill, grids)
         else:
-            masked = [
-                self._reprocess(row_images, gen, target, image_processor, padded=not isinstance(per_row, list), row=r)
-                for r, (row_images, gen, target) in enumerate(zip(inputs["perception_images"], gens, per_row))
-            ]
+            # Rollouts of one prompt share their seed (scope "prompt") and images: mask and process them once.
+            done: dict[tuple, torch.Tensor] = {}
+            masked = []
+            for r, (row_images, gen, target) in enumerate(zip(inputs["perception_images"], gens, per_row)):
+                key = (seeds[r], tuple(im.size for im in row_images), tuple(target.shape))
+                if key not in done:
+                    done[key] = self._reprocess(row_images, gen, target, image_processor,
+                                                padded=not isinstance(per_row, list), row=r)
+                masked.append(done[key])
             if not isinstance(per_row, list):
                 masked = torch.stack(masked)
         return torch.cat(masked) if isinstance(masked, list) else masked
