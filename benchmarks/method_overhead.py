@@ -9,6 +9,8 @@ re-runs the image processor on the masked raw images) and loss terms.
 * step time: median over ``--steps`` of generate + loss + backward (as ``benchmarks.step_overhead``);
 * peak memory: peak extra bytes during loss + backward (which contains the masked forward) on one
   shared generation, as ``benchmarks.peak_memory`` measures it (CPU: profiler, CUDA: allocator);
+* loss + backward: median over ``--steps`` of the training pass alone on that shared generation
+  (a tiny model's step is mostly generation; this is where the extra forward shows);
 * masked forward: the time the trainer itself logs for it (``papo|vppo/masked_forward_ms``).
 
     python -m benchmarks.method_overhead [--steps 10]                       # the demo's tiny model, CPU
@@ -18,6 +20,7 @@ re-runs the image processor on the masked raw images) and loss terms.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -87,10 +90,22 @@ def measure(steps: int, settings: dict, repeats: int = 1) -> dict:
             _switch(trainer, capture, method)
             loss_and_backward()
             peaks[method] = min(peak_bytes(loss_and_backward) for _ in range(repeats))
+        # The training pass alone (no generation, which dominates a tiny model's step), interleaved too.
+        train_times: dict[str, list[float]] = {m: [] for m in METHODS}
+        for _ in range(steps):
+            for method in METHODS:
+                _switch(trainer, capture, method)
+                start = time.perf_counter()
+                loss_and_backward()
+                if cuda:
+                    torch.cuda.synchronize()
+                train_times[method].append(time.perf_counter() - start)
         header = describe(settings, trainer)
     return {
         "header": header, "steps": steps,
-        "methods": {m: {"step_s": statistics.median(times[m]), "peak_bytes": peaks[m],
+        "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "methods": {m: {"step_s": statistics.median(times[m]), "train_s": statistics.median(train_times[m]),
+                        "peak_bytes": peaks[m],
                         "masked_forward_ms": statistics.median(masked_ms[m]) if masked_ms[m] else None}
                     for m in METHODS},
     }
@@ -99,11 +114,13 @@ def measure(steps: int, settings: dict, repeats: int = 1) -> dict:
 def table(result: dict) -> str:
     """Markdown table of :func:`measure`'s result, ratios relative to GRPO."""
     base = result["methods"]["grpo"]
-    lines = ["| method | step (ms) | vs GRPO | peak loss+backward (MB) | vs GRPO | masked forward (ms) |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| method | step (ms) | vs GRPO | loss + backward (ms) | vs GRPO | peak loss+backward (MB) | vs GRPO "
+             "| masked forward (ms) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for method, r in result["methods"].items():
         masked = "-" if r["masked_forward_ms"] is None else f"{r['masked_forward_ms']:.1f}"
         lines.append(f"| {method} | {1000 * r['step_s']:.1f} | {r['step_s'] / base['step_s']:.3f}x | "
+                     f"{1000 * r['train_s']:.1f} | {r['train_s'] / base['train_s']:.3f}x | "
                      f"{r['peak_bytes'] / 2**20:.2f} | {r['peak_bytes'] / base['peak_bytes']:.3f}x | {masked} |")
     return "\n".join(lines)
 
@@ -117,7 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     result = measure(args.steps, model_settings(args), args.repeats)
-    print(f"median of {result['steps']} interleaved steps, {args.threads} torch thread(s); {result['header']}")
+    load = "" if result["load"] is None else f", 1-minute load average {result['load']:.1f} at the end"
+    print(f"median of {result['steps']} interleaved steps, {args.threads} torch thread(s){load}; {result['header']}")
     print(table(result))
     return result
 

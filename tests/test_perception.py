@@ -172,14 +172,14 @@ def _reference_logps(trainer, inputs, pixel_values) -> torch.Tensor:
 
 
 def test_papo_quantities_equal_float64_loop(tiny_vlm, tmp_path):
-    trainer = make_trainer(tiny_vlm, tmp_path, method="papo_g")
+    # two accumulation steps, so that the terms' scaling for accumulation is checked too
+    trainer = make_trainer(tiny_vlm, tmp_path, method="papo_g", gradient_accumulation_steps=2)
     inputs = _prepared_batch(trainer, progress=0.0)
     seeds = inputs["perception_seed"].tolist()
-    # PAPO: one mask per prompt, so each seed belongs to exactly one prompt's num_generations rollouts
-    for seed in set(seeds):
-        rows = [i for i, s in enumerate(seeds) if s == seed]
-        assert len(rows) == trainer.num_generations
-        assert all(torch.equal(inputs["prompt_ids"][i], inputs["prompt_ids"][rows[0]]) for i in rows)
+    # PAPO: one mask per prompt: rows share a seed exactly when they share prompt and image
+    prompts = [(tuple(ids), tuple(im.tobytes() for im in images))
+               for ids, images in zip(inputs["prompt_ids"].tolist(), inputs["perception_images"])]
+    assert len(set(zip(seeds, prompts))) == len(set(seeds)) == len(set(prompts)) < len(seeds)
     masked_images = [[loop_mask_image(im, 14, 0.6, g) for im in images] for images, g in
                      zip(inputs["perception_images"], [torch.Generator().manual_seed(s) for s in seeds])]
     processed = trainer.processing_class.image_processor(images=masked_images, return_tensors="pt")["pixel_values"]
@@ -206,7 +206,8 @@ def test_papo_quantities_equal_float64_loop(tiny_vlm, tmp_path):
     loss_papo = trainer.compute_loss(trainer.model, inputs)
     trainer.args.method = "grpo"
     loss_grpo = trainer.compute_loss(trainer.model, inputs)
-    expected = (-0.02 * kl + 0.05 * ent + 0.05 * ment) / trainer.current_gradient_accumulation_steps
+    assert trainer.current_gradient_accumulation_steps == 2
+    expected = (-0.02 * kl + 0.05 * ent + 0.05 * ment) / 2
     assert (loss_papo - loss_grpo).item() == pytest.approx(expected, abs=1e-4)
 
 
