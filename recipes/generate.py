@@ -62,6 +62,32 @@ METHODS = {
     "exploration_only": {"method": "exploration_only", "loss_type": "grpo"},
 }
 
+# Perception-aware baselines (pepo.perception_trainer), with the defaults of their public training scripts as read
+# in issue 12 (PAPO: MikeWangWZHL/PAPO, VPPO: huaixuheqing/VPPO-RL). Rollout, batch and lr stay the task's, so a
+# comparison with the PEPO recipes of the same task changes only the method.
+_PAPO_MASK = {"perception_mask_stage": "image", "perception_mask_block_size": 14, "perception_mask_probability": 0.6,
+              "perception_mask_scope": "prompt", "perception_mask_fill": "black"}
+PERCEPTION_METHODS = {
+    "papo_g": {"method": "papo_g", "loss_type": "grpo", "beta": 0.01, "papo_kl_coef": 0.02,
+               "papo_entropy_coef": 0.05, "papo_masked_entropy_coef": 0.05, **_PAPO_MASK},
+    "papo_d": {"method": "papo_d", "beta": 0.0, "papo_kl_coef": 0.01, "papo_entropy_coef": 0.03,
+               "papo_masked_entropy_coef": 0.03, **_PAPO_MASK},
+    "vppo": {"method": "vppo", "beta": 0.0, "perception_mask_stage": "pixels", "perception_mask_block_size": 14,
+             "perception_mask_probability": 0.5, "perception_mask_scope": "rollout", "perception_mask_fill": "black",
+             "vppo_top_fraction": 0.4, "vppo_scale_min": 0.9, "vppo_entropy_coef": 0.06},
+}
+PERCEPTION_NOTES = {
+    "papo_g": "PAPO_G (public scripts): KL to the reference 0.01, implicit perception loss 0.02, 14-px black blocks with "
+    "probability 0.6 on the raw image (one mask per prompt), masked log-probs without gradient. ASSUMPTION: double "
+    "entropy 0.05 / 0.05 is the public 7B PAPO_G setting; set papo_entropy_coef and papo_masked_entropy_coef to 0 "
+    "for PAPO_G without it.",
+    "papo_d": "PAPO_D (public scripts): DAPO preset, no KL to the reference, implicit perception loss 0.01, double "
+    "entropy 0.03 / 0.03, same masking as PAPO_G.",
+    "vppo": "VPPO (public scripts): DAPO preset (clip 0.2 / 0.28, accuracy filtering = dynamic sampling), no KL to the "
+    "reference, 14-px black blocks with probability 0.5 after resizing (a new mask per rollout), top 40% tokens by "
+    "visual dependency train, advantage scale min 0.9, entropy penalty 0.06.",
+}
+
 TASKS = {
     "geometry3k": {
         "comment": "Paper Table 1 (Geometry3K val/test, MathVista, MathVerse, LogicVista). Release recipe: lr 1e-6, "
@@ -74,6 +100,7 @@ TASKS = {
             "prompt_instruction": THINK_ANSWER, "reward_funcs": ["format", "accuracy"],
             "learning_rate": 1.0e-6, "max_completion_length": 1024, "beta": 0.001, "gate_alpha": 0.05,
         },
+        "perception_methods": ["papo_g", "papo_d", "vppo"],
     },
     "refcoco": {
         "comment": "Paper Task 2 (visual grounding, RefCOCO; the paper reports IoU@0.5). Trained with the continuous "
@@ -131,8 +158,8 @@ TASKS = {
     },
     "virl39k": {
         "comment": "Paper Task 5 (scaling: train on ViRL39K, evaluate on Geometry3K test, MathVista, We-Math, "
-        "MathVerse, LogicVista, SuperClevr Counting, MMMU-Pro); the paper reports GRPO and PEPO_G (and PAPO_G, not "
-        "implemented here) with Qwen2.5-VL. gate_alpha 0.1 (appendix text and table agree), lr 1e-6 (shared with "
+        "MathVerse, LogicVista, SuperClevr Counting, MMMU-Pro); the paper reports GRPO, PEPO_G and PAPO_G with "
+        "Qwen2.5-VL. gate_alpha 0.1 (appendix text and table agree), lr 1e-6 (shared with "
         "Task 1), completion 1024, beta 0.01. Rollout with vLLM colocated on the training GPUs at 0.6 memory "
         "utilisation, as in the release's scripts (needs `pip install vllm`; drop the three vllm keys to sample "
         "with transformers). Data: a local folder with a train file (.jsonl or .parquet): `image` (path relative "
@@ -140,6 +167,7 @@ TASKS = {
         "reward routes letters to the choice matcher).",
         "backbones": ["qwen2_5_vl_3b"],
         "methods": ["grpo", "pepo_g"],
+        "perception_methods": ["papo_g"],
         "fields": {
             "dataset": "data/virl39k", "train_split": "train", "test_split": "none", "image_column": "image",
             "question_column": "question", "answer_column": "answer", "prompt_instruction": THINK_ANSWER,
@@ -196,10 +224,13 @@ def recipes() -> dict[Path, tuple[str, dict]]:
                 methods.update(ABLATIONS)
                 methods.update(RELEASE_PEPO_D)
             methods.update(spec.get("variants", {}))
+            methods.update({m: PERCEPTION_METHODS[m] for m in spec.get("perception_methods", ())})
             for name, method in methods.items():
                 values = {**model, **spec["fields"], **COMMON, **method,
                           "output_dir": f"runs/{task}/{backbone}/{name}"}
                 header = f"{task} x {backbone} x {name}. {spec['comment']}{_method_note(name, method)}"
+                if name in PERCEPTION_NOTES:
+                    header += " " + PERCEPTION_NOTES[name]
                 out[ROOT / task / backbone / f"{name}.yaml"] = (header, values)
     return out
 

@@ -35,7 +35,7 @@ _COMPLETION_KEYS = {
     "tool_mask": 0,
 }
 #: one entry per completion, concatenated as they are
-_ROW_KEYS = ("advantages",)
+_ROW_KEYS = ("advantages", "perception_seed", "perception_images")  # the last two: PAPO / VPPO masks
 #: per-image / per-sample pixel data, handled by TRL's split/unsplit helpers
 _PIXEL_KEYS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes", "image_position_ids",
                "spatial_shapes", "num_images", "num_tiles")

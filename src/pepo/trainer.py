@@ -48,6 +48,7 @@ from trl.trainer.utils import RepeatSampler
 
 from pepo.dynamic_sampling import concat_batches, informative_groups, select_rows, total_rewards
 from pepo.hooks import VisualScoreCapture
+from pepo.perception_trainer import PerceptionArguments, PerceptionMixin
 from pepo.resume import (
     load_process_state,
     process_state_path,
@@ -79,13 +80,22 @@ METHODS: dict[str, str] = {
     "perception_only": "Ablation: gate off (alpha = 0), w = n * softmax(VS / tau).",
     "exploration_only": "Ablation: entropy only, w = n * softmax(min-max-normalised entropy / tau).",
     "high_entropy": "High-Entropy RL baseline: only the top `high_entropy_quantile` tokens by entropy train.",
+    # perception-aware baselines (pepo.perception_trainer): one extra masked-image forward per micro-batch
+    "papo_g": "PAPO_G: GRPO + implicit perception loss (KL to the masked-image policy, maximised, coef 0.02) + double "
+    "entropy (0.05 / 0.05); forces loss_type grpo. Set beta 0.01 for the public scripts' KL to the reference.",
+    "papo_d": "PAPO_D: the DAPO preset + implicit perception loss (coef 0.01) + double entropy (0.03 / 0.03).",
+    "vppo": "VPPO: the DAPO preset; per response only the top 40% tokens by visual dependency train, advantages "
+    "scaled by the response's dependency (min 0.9), entropy penalty 0.06.",
 }
 #: method -> token weighting it applies (None: sequence-level advantages, as in GRPO/DAPO)
 _WEIGHTING = {"pepo": "pepo", "pepo_g": "pepo", "pepo_d": "pepo", "perception_only": "perception_only",
               "exploration_only": "exploration_only"}
 _DAPO_PRESET = {"loss_type": "dapo", "epsilon_high": 0.28, "mask_truncated_completions": True, "dynamic_sampling": True}
 #: method -> the values its preset gives fields that were left unset (None). An explicit value always wins.
-PRESETS: dict[str, dict[str, Any]] = {"pepo_g": {"loss_type": "grpo"}, "dapo": _DAPO_PRESET, "pepo_d": _DAPO_PRESET}
+PRESETS: dict[str, dict[str, Any]] = {
+    "pepo_g": {"loss_type": "grpo"}, "papo_g": {"loss_type": "grpo"},
+    **{m: _DAPO_PRESET for m in ("dapo", "pepo_d", "papo_d", "vppo")},
+}
 #: what an unset preset-governed field becomes when the method has no preset for it (TRL's own defaults;
 #: epsilon_high None is TRL's "same as epsilon")
 _UNSET_DEFAULTS: dict[str, Any] = {
@@ -97,7 +107,7 @@ _PERCENTILES = (0, 20, 40, 60, 80, 100)
 
 
 @dataclass
-class PEPOConfig(GRPOConfig):
+class PEPOConfig(GRPOConfig, PerceptionArguments):
     """GRPOConfig plus PEPO's options. Every GRPOConfig field keeps its TRL meaning.
 
     Defaults follow the paper's public release at commit 2b1e788 (alpha 0.05, tau 1.8, cosine,
@@ -205,6 +215,7 @@ class PEPOConfig(GRPOConfig):
                 )
             self.top_entropy_quantile = self.high_entropy_quantile
         self._resolve_preset()
+        self.resolve_perception(self.method)  # PAPO / VPPO defaults (pepo.perception_trainer)
         if self.max_dynamic_sampling_rounds < 1:
             raise ValueError(f"max_dynamic_sampling_rounds must be >= 1, got {self.max_dynamic_sampling_rounds}.")
         super().__post_init__()
@@ -313,7 +324,7 @@ class _ResumeAndInterrupt(TrainerCallback):
         return control
 
 
-class PEPOTrainer(GRPOTrainer):
+class PEPOTrainer(PerceptionMixin, GRPOTrainer):
     """GRPOTrainer whose policy loss is reweighted token by token with PEPO.
 
     Takes the same arguments as ``trl.GRPOTrainer``; ``args`` must be a :class:`PEPOConfig`.

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
-from PIL import Image, ImageStat
+from PIL import Image
 
 from pepo.eval.generation import encode_prompts
 from pepo.hooks import VisualScoreCapture, find_text_decoder, hidden_state_hooks
+from pepo.masking import blank_image  # shared with PAPO / VPPO's image corruption; re-exported
 from pepo.weights import pepo_token_weights, rows_without_image, token_entropy
 
 __all__ = [
@@ -65,13 +66,6 @@ class TokenAnalysisSettings:
             raise ValueError(f"gate_alpha must be >= 0, got {self.gate_alpha!r}")
         if not self.gate_temperature > 0:
             raise ValueError(f"gate_temperature must be > 0, got {self.gate_temperature!r}")
-
-
-def blank_image(image: Image.Image) -> Image.Image:
-    """An image of the same size and mode filled with ``image``'s mean colour (no visual content)."""
-    rgb = image.convert("RGB")
-    colour = tuple(int(round(c)) for c in ImageStat.Stat(rgb).mean)
-    return Image.new("RGB", rgb.size, colour)
 
 
 def _image_list(images: Any) -> list[Image.Image]:

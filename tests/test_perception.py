@@ -1,0 +1,366 @@
+"""PAPO and VPPO (pepo.masking, pepo.perception, pepo.perception_trainer) against literal references.
+
+* the masks equal a pixel-by-pixel loop over the blocks, on raw images and on every pixel layout;
+* the masked-image log-probabilities of the trainer equal a float64 forward of the model on images
+  masked by that loop, and PAPO's / VPPO's per-token quantities equal a float64 loop restatement of
+  their formulas;
+* with its extra coefficients at zero PAPO's gradient equals GRPO's / DAPO's exactly, and so does
+  VPPO's with every token selected and the scaling minimum at 1;
+* with masking probability 0 the masked pixels are the original ones and every KL estimate is 0;
+* PEPO runs one forward per micro-batch, PAPO and VPPO two.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import pytest
+import torch
+from PIL import Image
+
+from pepo.masking import block_grid, block_mask_image, block_mask_pixel_values
+from pepo.perception import low_var_kl, papo_terms, vppo_advantage_scale, vppo_token_mask
+from tests.test_trainer import _loss_and_grads, _max_diff, _prepared_batch, make_trainer
+
+# --- literal references ------------------------------------------------------------------------
+
+
+def loop_block_mask(width: int, height: int, block: int, probability: float, generator) -> list[list[bool]]:
+    """[y][x] masked? One draw per block, row-major, blocks tiled from the top-left corner."""
+    rows, cols = math.ceil(height / block), math.ceil(width / block)
+    draws = torch.rand(rows, cols, generator=generator).tolist()
+    return [[draws[y // block][x // block] < probability for x in range(width)] for y in range(height)]
+
+
+def loop_mask_image(image: Image.Image, block: int, probability: float, generator) -> Image.Image:
+    out = image.convert("RGB").copy()
+    mask = loop_block_mask(out.width, out.height, block, probability, generator)
+    for y in range(out.height):
+        for x in range(out.width):
+            if mask[y][x]:
+                out.putpixel((x, y), (0, 0, 0))
+    return out
+
+
+def loop_low_var_kl(logp: float, logp_masked: float) -> float:
+    d = min(20.0, max(-20.0, logp_masked - logp))
+    return min(10.0, max(-10.0, math.exp(d) - d - 1.0))
+
+
+def loop_vppo(dependency: list[list[float]], mask: list[list[bool]], fraction: float, scale_min: float):
+    """Per response: selected token positions and the advantage scale (python floats, float64)."""
+    selected, means = [], []
+    for dep, valid in zip(dependency, mask):
+        positions = [t for t, v in enumerate(valid) if v]
+        k = math.ceil(Fraction(str(fraction)) * len(positions))
+        ranked = sorted(positions, key=lambda t: (-dep[t], t))
+        selected.append(set(ranked[:k]))
+        means.append(sum(dep[t] for t in positions) / len(positions) if positions else None)
+    present = [m for m in means if m is not None]
+    lo, hi = min(present), max(present)
+    if hi - lo <= 1e-8:
+        return selected, [1.0] * len(means)
+    s_hat = [None if m is None else (m - lo) / (hi - lo) for m in means]
+    average = sum(s for s in s_hat if s is not None) / len(present)
+    return selected, [1.0 if s is None else scale_min + s * (1 - scale_min) / average for s in s_hat]
+
+
+def _untruncated(trainer):
+    """The DAPO preset masks truncated completions; with 6-token completions that can be all of them."""
+    trainer.mask_truncated_completions = False
+    return trainer
+
+
+def _images():
+    from tests.conftest import make_rl_rows
+
+    return [row[0] for row in make_rl_rows(2)["images"]]
+
+
+# --- masks ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size,block,p", [((30, 17), 14, 0.5), ((112, 112), 14, 0.6), ((9, 9), 4, 0.3)])
+def test_block_mask_image_equals_pixel_loop(size, block, p):
+    image = Image.new("RGB", size, (200, 120, 40))
+    got = block_mask_image(image, block, p, torch.Generator().manual_seed(3))
+    expected = loop_mask_image(image, block, p, torch.Generator().manual_seed(3))
+    assert list(got.getdata()) == list(expected.getdata())
+    assert got.size == image.size and image.getpixel((0, 0)) == (200, 120, 40)  # input untouched
+    full = block_grid(size[1], size[0], block, 1.0, torch.Generator().manual_seed(0))
+    none = block_grid(size[1], size[0], block, 0.0, torch.Generator().manual_seed(0))
+    assert full.all() and not none.any()
+
+
+def _qwen_image_processor():
+    from transformers import Qwen2VLImageProcessor
+
+    return Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=28 * 28 * 64)
+
+
+def test_qwen_patch_masking_blackens_exactly_the_drawn_patches():
+    """Flattened Qwen patches: block 14 = patch 14, so every patch row is the original's or a black image's,
+    in the processor's merge-window order."""
+    processor = _qwen_image_processor()
+    image = _images()[0].resize((90, 62))
+    original = processor(images=[image], return_tensors="pt")
+    t, h, w = original["image_grid_thw"][0].tolist()
+    black = processor(images=[Image.new("RGB", image.size, (0, 0, 0))], return_tensors="pt")["pixel_values"]
+    masked = block_mask_pixel_values([original["pixel_values"]], [torch.Generator().manual_seed(5)], processor, 14,
+                                     0.5, "black", [original["image_grid_thw"]])[0]
+    drawn = loop_block_mask(w * 14, h * 14, 14, 0.5, torch.Generator().manual_seed(5))
+    m = processor.merge_size
+    index = 0
+    for hb in range(h // m):
+        for wb in range(w // m):
+            for hm in range(m):
+                for wm in range(m):
+                    y, x = (hb * m + hm) * 14, (wb * m + wm) * 14
+                    source = black if drawn[y][x] else original["pixel_values"]
+                    torch.testing.assert_close(masked[index], source[index], atol=1e-6, rtol=0)
+                    index += 1
+    assert 0 < sum(drawn[y * 14][x * 14] for y in range(h) for x in range(w)) < h * w  # both kinds were checked
+
+
+def test_chw_pixel_masking_equals_loop_and_skips_padding_images():
+    from transformers import Gemma3ImageProcessor
+
+    processor = Gemma3ImageProcessor(size={"height": 28, "width": 28})
+    image = _images()[1]
+    pixels = processor(images=[image], return_tensors="pt")["pixel_values"]  # (1, 3, 28, 28)
+    black = processor(images=[Image.new("RGB", image.size, (0, 0, 0))], return_tensors="pt")["pixel_values"]
+    padded = torch.cat([pixels, torch.zeros_like(pixels)])[None]  # one row, (1, 2 images, 3, 28, 28), 2nd = padding
+    got = block_mask_pixel_values(padded, [torch.Generator().manual_seed(1)], processor, 8, 0.5)
+    drawn = loop_block_mask(28, 28, 8, 0.5, torch.Generator().manual_seed(1))
+    for y in range(28):
+        for x in range(28):
+            expected = black[0, :, y, x] if drawn[y][x] else pixels[0, :, y, x]
+            torch.testing.assert_close(got[0, 0, :, y, x], expected, atol=1e-6, rtol=0)
+    assert torch.equal(got[0, 1], torch.zeros_like(got[0, 1]))
+
+
+# --- per-token quantities vs float64 loops --------------------------------------------------------
+
+
+def _policy_logps(trainer, inputs) -> torch.Tensor:
+    """The policy's float32 log-probabilities with the real image, through TRL's forward helper (as training)."""
+    from trl import GRPOTrainer
+
+    ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
+    with torch.no_grad():
+        logps, _, _ = GRPOTrainer._get_per_token_logps_and_entropies(
+            trainer, trainer.model, ids, torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1),
+            inputs["completion_ids"].shape[1], pixel_values=inputs["pixel_values"],
+            image_grid_thw=inputs["image_grid_thw"], num_images=inputs["num_images"],
+            mm_token_type_ids=inputs.get("mm_token_type_ids"))
+    return logps
+
+
+def _reference_logps(trainer, inputs, pixel_values) -> torch.Tensor:
+    """float64 log-probabilities of the sampled completion tokens from a plain model forward."""
+    prompt, completion = inputs["prompt_ids"], inputs["completion_ids"]
+    ids = torch.cat([prompt, completion], 1)
+    kwargs = {"image_grid_thw": inputs["image_grid_thw"]}
+    if inputs.get("mm_token_type_ids") is not None:
+        kwargs["mm_token_type_ids"] = inputs["mm_token_type_ids"]
+    with torch.no_grad():
+        logits = trainer.model(input_ids=ids, attention_mask=torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1),
+                               pixel_values=pixel_values, **kwargs).logits.double()
+    logits = logits[:, prompt.shape[1] - 1 : -1]
+    return torch.log_softmax(logits, -1).gather(-1, completion.unsqueeze(-1)).squeeze(-1)
+
+
+def test_papo_quantities_equal_float64_loop(tiny_vlm, tmp_path):
+    # two accumulation steps, so that the terms' scaling for accumulation is checked too
+    trainer = make_trainer(tiny_vlm, tmp_path, method="papo_g", gradient_accumulation_steps=2)
+    inputs = _prepared_batch(trainer, progress=0.0)
+    seeds = inputs["perception_seed"].tolist()
+    # PAPO: one mask per prompt: rows share a seed exactly when they share prompt and image
+    prompts = [(tuple(ids), tuple(im.tobytes() for im in images))
+               for ids, images in zip(inputs["prompt_ids"].tolist(), inputs["perception_images"])]
+    assert len(set(zip(seeds, prompts))) == len(set(seeds)) == len(set(prompts)) < len(seeds)
+    masked_images = [[loop_mask_image(im, 14, 0.6, g) for im in images] for images, g in
+                     zip(inputs["perception_images"], [torch.Generator().manual_seed(s) for s in seeds])]
+    processed = trainer.processing_class.image_processor(images=masked_images, return_tensors="pt")["pixel_values"]
+    ref_masked = _reference_logps(trainer, inputs, processed)
+    ref_plain = _reference_logps(trainer, inputs, inputs["pixel_values"])
+    masked = trainer._masked_logps(trainer.model, inputs)
+    torch.testing.assert_close(masked.double(), ref_masked, atol=2e-5, rtol=0)
+
+    mask = inputs["completion_mask"].bool()
+    extra, stats = papo_terms(ref_plain.float(), masked, mask, 0.02, 0.05, 0.07)
+    kls, ents, ments = [], [], []
+    for b in range(mask.shape[0]):
+        for t in range(mask.shape[1]):
+            if mask[b, t]:
+                kls.append(loop_low_var_kl(ref_plain[b, t].item(), ref_masked[b, t].item()))
+                ents.append(-ref_plain[b, t].item())
+                ments.append(-ref_masked[b, t].item())
+    kl, ent, ment = (sum(v) / len(v) for v in (kls, ents, ments))
+    assert kl > 1e-3, "the masked image must change the distribution for this test to mean anything"
+    assert stats["kl"].item() == pytest.approx(kl, abs=1e-4)
+    assert extra.item() == pytest.approx(-0.02 * kl + 0.05 * ent + 0.07 * ment, abs=1e-4)
+
+    # The loss TRL returns is GRPO's plus exactly these terms (scaled for accumulation).
+    loss_papo = trainer.compute_loss(trainer.model, inputs)
+    trainer.args.method = "grpo"
+    loss_grpo = trainer.compute_loss(trainer.model, inputs)
+    assert trainer.current_gradient_accumulation_steps == 2
+    expected = (-0.02 * kl + 0.05 * ent + 0.05 * ment) / 2
+    assert (loss_papo - loss_grpo).item() == pytest.approx(expected, abs=1e-4)
+
+
+def test_vppo_advantages_equal_float64_loop(tiny_vlm, tmp_path):
+    trainer = _untruncated(make_trainer(tiny_vlm, tmp_path, method="vppo", vppo_entropy_coef=0.0))
+    inputs = _prepared_batch(trainer, progress=0.0)
+    seeds = inputs["perception_seed"].tolist()
+    assert len(set(seeds)) == len(seeds)  # VPPO: a new mask per rollout
+    masked = trainer._masked_logps(trainer.model, inputs).double()
+    plain = _reference_logps(trainer, inputs, inputs["pixel_values"])
+    mask = inputs["completion_mask"].bool()
+    dependency = [[min(10.0, max(0.0, loop_low_var_kl(plain[b, t].item(), masked[b, t].item())))
+                   for t in range(mask.shape[1])] for b in range(mask.shape[0])]
+    selected, scales = loop_vppo(dependency, mask.tolist(), 0.4, 0.9)
+    assert len(set(round(s, 6) for s in scales)) > 2 and any(len(s) < mask[b].sum() for b, s in enumerate(selected))
+    got_sel = vppo_token_mask(torch.tensor(dependency), mask, 0.4)
+    got_scale = vppo_advantage_scale(torch.tensor(dependency), mask, 0.9)
+    assert [set(torch.nonzero(r).flatten().tolist()) for r in got_sel] == selected
+    torch.testing.assert_close(got_scale.double(), torch.tensor(scales, dtype=torch.float64), atol=1e-6, rtol=0)
+
+    # The trainer's loss is DAPO's with these token-level advantages (here from the trainer's own float32
+    # dependency, so that the top-k cut cannot flip on a float64-vs-float32 near-tie).
+    _, grads_vppo = _loss_and_grads(trainer, inputs)
+    dep32 = low_var_kl(_policy_logps(trainer, inputs), masked.float()).clamp(0, 10)
+    sel32, scale32 = loop_vppo(dep32.tolist(), mask.tolist(), 0.4, 0.9)
+    token_adv = torch.zeros(mask.shape)
+    for b in range(mask.shape[0]):
+        for t in sel32[b]:
+            token_adv[b, t] = inputs["advantages"][b].item() * scale32[b]
+    trainer.args.method = "dapo"
+    _, grads_dapo = _loss_and_grads(trainer, {**inputs, "advantages": token_adv})
+    scale = max(g.abs().max().item() for g in grads_dapo)
+    assert scale > 0 and _max_diff(grads_vppo, grads_dapo) <= 1e-4 * scale
+
+
+# --- reductions to the base methods ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method,base,extra", [
+    ("papo_g", "grpo", {"beta": 0.01}),
+    ("papo_d", "dapo", {}),
+    ("vppo", "dapo", {"vppo_top_fraction": 1.0, "vppo_scale_min": 1.0, "vppo_entropy_coef": 0.0}),
+])
+def test_gradient_equals_base_method_with_coefficients_off(tiny_vlm, tmp_path, method, base, extra):
+    off = {"papo_kl_coef": 0.0, "papo_entropy_coef": 0.0, "papo_masked_entropy_coef": 0.0} if "papo" in method else {}
+    trainer = _untruncated(make_trainer(tiny_vlm, tmp_path, method=method, **off, **extra))
+    inputs = _prepared_batch(trainer, progress=0.0)
+    loss_method, grads_method = _loss_and_grads(trainer, inputs)
+    trainer.args.method = base
+    loss_base, grads_base = _loss_and_grads(trainer, inputs)
+    assert max(g.abs().max().item() for g in grads_base) > 0
+    assert torch.equal(loss_method, loss_base) and _max_diff(grads_method, grads_base) == 0.0
+    # ... and the method's own terms do change the gradient (the check above can fail)
+    trainer.args.method = method
+    for name, value in {"papo_kl_coef": 0.5, "vppo_top_fraction": 0.4}.items():
+        setattr(trainer.args, name, value)
+    _, grads_on = _loss_and_grads(trainer, inputs)
+    assert _max_diff(grads_on, grads_base) > 1e-6
+
+
+@pytest.mark.parametrize("method", ["papo_g", "vppo"])
+def test_no_masking_gives_zero_kl(tiny_vlm, tmp_path, method):
+    trainer = make_trainer(tiny_vlm, tmp_path, method=method, perception_mask_probability=0.0)
+    inputs = _prepared_batch(trainer, progress=0.0)
+    assert torch.equal(trainer._masked_pixel_values(inputs), inputs["pixel_values"])
+    masked = trainer._masked_logps(trainer.model, inputs)
+    assert torch.equal(low_var_kl(_policy_logps(trainer, inputs), masked), torch.zeros_like(masked))
+
+
+@pytest.mark.parametrize("method,forwards", [("pepo", 1), ("grpo", 1), ("papo_g", 2), ("papo_d", 2), ("vppo", 2)])
+def test_forwards_per_micro_batch(tiny_vlm, tmp_path, method, forwards):
+    trainer = make_trainer(tiny_vlm, tmp_path, method=method)
+    inputs = _prepared_batch(trainer, progress=0.5)
+    calls = []
+    handle = trainer.model.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        trainer.compute_loss(trainer.model, inputs)
+    finally:
+        handle.remove()
+    assert len(calls) == forwards
+
+
+def test_method_defaults_and_presets(tmp_path):
+    from tests.test_trainer import make_config
+
+    papo_g = make_config(tmp_path, method="papo_g", loss_type="bnpo")
+    assert (papo_g.loss_type, papo_g.papo_kl_coef, papo_g.papo_entropy_coef, papo_g.perception_mask_probability,
+            papo_g.perception_mask_stage, papo_g.perception_mask_scope) == ("grpo", 0.02, 0.05, 0.6, "image", "prompt")
+    papo_d = make_config(tmp_path, method="papo_d")
+    assert (papo_d.loss_type, papo_d.dynamic_sampling, papo_d.epsilon_high, papo_d.papo_kl_coef,
+            papo_d.papo_masked_entropy_coef) == ("dapo", True, 0.28, 0.01, 0.03)
+    vppo = make_config(tmp_path, method="vppo", perception_mask_block_size=28)
+    assert (vppo.loss_type, vppo.dynamic_sampling, vppo.epsilon, vppo.epsilon_high, vppo.beta,
+            vppo.perception_mask_stage, vppo.perception_mask_probability, vppo.perception_mask_scope,
+            vppo.perception_mask_block_size) == ("dapo", True, 0.2, 0.28, 0.0, "pixels", 0.5, "rollout", 28)
+    assert make_config(tmp_path, method="vppo", perception_mask_probability=0.0).perception_mask_probability == 0.0
+    for bad in ({"perception_mask_stage": "after"}, {"perception_mask_probability": 1.5},
+                {"vppo_top_fraction": 0.0}, {"perception_mask_scope": "batch"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            make_config(tmp_path, method="vppo", **bad)
+
+
+# --- every supported family ------------------------------------------------------------------------
+
+from pepo.models.tiny import SUPPORTED_FAMILIES, TinyVLMSpec, build_tiny_model  # noqa: E402
+from tests.test_families import _needs, tokenizers  # noqa: E402,F401  (fixture)
+
+FAMILY_PARAMS = [pytest.param(f, marks=_needs(f), id=f) for f in SUPPORTED_FAMILIES]
+
+
+@pytest.mark.parametrize("method", ["papo_g", "papo_d", "vppo"])
+@pytest.mark.parametrize("family", FAMILY_PARAMS)
+def test_family_trains_with_perception_method(family, method, tokenizers, tmp_path):  # noqa: F811
+    from tests.test_trainer import snapshot
+
+    model, processor = build_tiny_model(family, tokenizers(family), TinyVLMSpec(), seed=0)
+    trainer = _untruncated(make_trainer((model, processor), tmp_path, method=method))
+    before = snapshot(trainer.model)
+    trainer.train()
+    after = snapshot(trainer.model)
+    assert [n for n in before if not torch.equal(before[n], after[n])], "no parameter changed"
+    prefix = "vppo" if method == "vppo" else "papo"
+    records = [r for r in trainer.state.log_history if f"{prefix}/masked_forward_ms" in r]
+    assert len(records) == 2
+    key = "vppo/dependency_mean" if method == "vppo" else "papo/kl_prcp"
+    assert all(math.isfinite(r[key]) and r[key] >= 0 for r in records)
+    assert any(r[key] > 0 for r in records), "masking never changed the policy's distribution"
+
+    # This family's masked pixels: the original ones without masking, different ones with it.
+    inputs = _prepared_batch(trainer, progress=0.0)
+    trainer.args.perception_mask_probability = 0.0
+    assert torch.equal(trainer._masked_pixel_values(inputs), inputs["pixel_values"])
+    trainer.args.perception_mask_probability = 1.0
+    masked = trainer._masked_pixel_values(inputs)
+    assert masked.shape == inputs["pixel_values"].shape and not torch.equal(masked, inputs["pixel_values"])
+
+
+@pytest.mark.parametrize("backbone", ["qwen2_5_vl_3b", "internvl3_2b"])
+def test_perception_recipes_resolve_to_the_public_scripts_settings(backbone):
+    from pathlib import Path
+
+    from pepo.config import parse_train_args
+
+    root = Path(__file__).resolve().parent.parent / "recipes"
+    resolved = {m: parse_train_args(["--config", str(root / "geometry3k" / backbone / f"{m}.yaml")])[1]
+                for m in ("papo_g", "papo_d", "vppo")}
+    g, d, v = resolved["papo_g"], resolved["papo_d"], resolved["vppo"]
+    assert (g.loss_type, g.beta, g.papo_kl_coef, g.papo_entropy_coef, g.perception_mask_probability,
+            g.perception_mask_stage, g.perception_mask_scope) == ("grpo", 0.01, 0.02, 0.05, 0.6, "image", "prompt")
+    assert (d.loss_type, d.beta, d.dynamic_sampling, d.papo_kl_coef, d.papo_masked_entropy_coef) == (
+        "dapo", 0.0, True, 0.01, 0.03)
+    assert (v.loss_type, v.beta, v.dynamic_sampling, v.epsilon, v.epsilon_high, v.perception_mask_stage,
+            v.perception_mask_probability, v.vppo_top_fraction, v.vppo_scale_min, v.vppo_entropy_coef) == (
+        "dapo", 0.0, True, 0.2, 0.28, "pixels", 0.5, 0.4, 0.9, 0.06)
+    virl = parse_train_args(["--config", str(root / "virl39k" / "qwen2_5_vl_3b" / "papo_g.yaml")])[1]
+    assert (virl.method, virl.beta, virl.papo_kl_coef) == ("papo_g", 0.01, 0.02)
