@@ -40,12 +40,19 @@ def test_logps_and_entropies_signature():
 
 
 def test_pepo_overrides_only_these_private_methods():
-    own = {
-        name for name, value in vars(pepo.trainer.PEPOTrainer).items()
-        if callable(value) and name.startswith("_") and not name.startswith("__") and hasattr(GRPOTrainer, name)
-    }
-    assert own == {"_compute_loss", "_get_per_token_logps_and_entropies", "_generate_and_score_completions",
-                   "_calculate_rewards"}
+    from pepo.perception_trainer import PerceptionMixin
+
+    def own(cls: type) -> set[str]:
+        return {name for name, value in vars(cls).items()
+                if callable(value) and name.startswith("_") and not name.startswith("__") and hasattr(GRPOTrainer, name)}
+
+    # method weighting and dynamic sampling; resume (pepo.resume): checkpoint save/load and the epoch sampler
+    assert own(pepo.trainer.PEPOTrainer) == {
+        "_compute_loss", "_get_per_token_logps_and_entropies", "_generate_and_score_completions", "_calculate_rewards",
+        "_get_train_sampler", "_load_from_checkpoint", "_save_checkpoint"}
+    # PAPO / VPPO: the masked-image forward and their loss terms
+    assert own(PerceptionMixin) == {"_compute_loss", "_get_per_token_logps_and_entropies",
+                                    "_generate_and_score_completions"}
 
 
 def test_generation_output_contract_for_dynamic_sampling():
