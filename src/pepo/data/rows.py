@@ -134,7 +134,8 @@ def build_rows(
     """
     missing = [c for c in dict.fromkeys(required) if c not in dataset.column_names]
     if missing:
-        raise DataError(f"split {split!r}: column(s) {missing} not found; columns are {dataset.column_names}. {column_hint}")
+        columns = [c for c in dataset.column_names if c != WHERE]
+        raise DataError(f"split {split!r}: column(s) {missing} not found; columns are {columns}. {column_hint}")
     dropped = set(consumed) | {image_column, "id", WHERE}
     records, skipped, seen = [], 0, set()
     for i, row in enumerate(dataset):

@@ -284,5 +284,5 @@ def read_source(dataset: str, source_format: str = "auto", config: str | None = 
         # a file of another layout than the one forced: name the format instead of a traceback
         raise DataError(f"dataset {dataset}: not in the {source_format} layout ({type(err).__name__}: {err}).") \
             from None
-    source.detail = f"{source.detail}; {why}" if source.detail else why
+    source.detail = source.detail or why
     return source

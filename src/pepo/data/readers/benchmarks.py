@@ -244,7 +244,8 @@ def read_mathvista(path: Path, image_root: str | None) -> Source:
 
 def read_mathverse(path: Path, image_root: str | None) -> Source:
     """MathVerse's ``testmini.json`` / ``testmini_text_only.json``: a list of items with ``sample_index`` (the id),
-    ``question`` (choices written inside it), ``question_type`` (``multi-choice`` / ``free-form``) and ``answer``
+    ``question`` (choices written inside it; for Vision Only items, whose question is drawn in the image, the file's
+    ``query_wo`` prompt), ``question_type`` (``multi-choice`` / ``free-form``) and ``answer``
     as published (``(C)``, ``A\\nC``, ``False``, units). ``image`` is relative to ``image_root`` (default: the
     file's folder); Text Only items have none."""
     base = Path(image_root) if image_root else path.parent
@@ -253,7 +254,11 @@ def read_mathverse(path: Path, image_root: str | None) -> Source:
         _require(item, ("sample_index", "question", "answer", "question_type"), loc.rstrip(","))
         where = f"{loc.rstrip(',')} (sample_index {item['sample_index']})"
         image = image_path(base, item.get("image"), f"{where}, field 'image'")
-        rows.append({"id": as_text(item["sample_index"]), "image": image, "question": as_text(item["question"]),
+        question = as_text(item["question"])
+        if not question.strip() and item.get("problem_version") == "Vision Only":
+            # the question is drawn in the image; the file's own prompt without CoT says so
+            question = as_text(item.get("query_wo"))
+        rows.append({"id": as_text(item["sample_index"]), "image": image, "question": question,
                      "answer": as_text(item["answer"]), "question_type": item["question_type"],
                      "problem_index": as_text(item.get("problem_index")),
                      "problem_version": item.get("problem_version"), WHERE: loc})
