@@ -85,7 +85,7 @@ def _first_object(path: Path) -> dict | None:
 def _format_of_row(row: dict) -> str | None:
     if _RELEASE_KEYS <= set(row):
         return "geometry3k_release"
-    if PUZZLE_KEYS <= set(row) and isinstance(row.get("options"), list):
+    if PUZZLE_KEYS <= set(row):
         return "puzzlevqa"
     if {"sample_index", "question_type", "question", "answer"} <= set(row):
         return "mathverse"
@@ -98,6 +98,8 @@ def _format_of_json(path: Path) -> str:
         return _format_of_row(data[1][0][1]) or "table"
     if isinstance(data, list):
         return (_format_of_row(data[0]) if data and isinstance(data[0], dict) else None) or "table"
+    if isinstance(data, dict) and _format_of_row(data):  # a one-row JSON Lines file
+        return _format_of_row(data)
     if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
         first = next(iter(data.values()))
         if "imagename" in first:
