@@ -14,8 +14,9 @@ class DataError(ValueError):
 
 def safe_join(root: Path, relative: str, where: str) -> Path:
     """``root / relative``, refusing a path that leaves ``root`` (``../`` or an absolute path in a data file)."""
-    root = Path(root).resolve()
-    path = (root / relative).resolve()
+    # Normalised, not resolved: `..` in a data file is refused, a symlink the user put under the root is followed.
+    root = Path(os.path.abspath(root))
+    path = Path(os.path.abspath(root / relative))
     if os.path.commonpath([root, path]) != str(root):
         raise DataError(f"{where}: image path {relative!r} escapes image_root {root} (its folder); refusing to read it.")
     return path
