@@ -167,7 +167,8 @@ def _analyze_tokens(args: argparse.Namespace) -> int:
             temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens or task.max_new_tokens,
             num_samples=args.num_samples, batch_size=args.batch_size, shift=args.shift, seed=args.seed, **chosen)
         rows, loaded = load_task_data(task, args.dataset, args.split, args.image_root, args.limit,
-                                      source_format=args.source_format, class_names=args.class_names)
+                                      source_format=args.source_format, class_names=args.class_names,
+                                      box_format=args.box_format)
     except (DataError, ValueError) as err:
         print(f"pepo: error: {err}", file=sys.stderr)
         return 2

@@ -86,6 +86,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                         "printed), table, geometry3k_release, intergps, logicvista, puzzlevqa, mathvista, mathverse, "
                         "refcoco, fgvc_aircraft, flowers102, image_folder (see the README, 'Formats we read')")
     parser.add_argument("--class_names", help="classification: file of class names (Flowers102 needs one)")
+    parser.add_argument("--box_format", choices=["xyxy", "xywh"], help="grounding tables: boxes in the answer column "
+                        "are [x1, y1, x2, y2] (default) or COCO [x, y, w, h]")
     parser.add_argument("--image_column", help="your dataset's image column (default: the task's)")
     parser.add_argument("--question_column", help="your dataset's question column (default: the task's)")
     parser.add_argument("--answer_column", help="your dataset's answer column (default: the task's)")
@@ -183,7 +185,7 @@ def eval_main(argv: Sequence[str]) -> int:
     try:
         rows, loaded = load_task_data(task, args.dataset, args.split, args.image_root, args.limit,
                                       all_items=args.all_items, source_format=args.source_format,
-                                      class_names=args.class_names)
+                                      class_names=args.class_names, box_format=args.box_format)
     except (DataError, ValueError) as err:
         print(f"pepo: error: {err}", file=sys.stderr)
         return 2

@@ -136,7 +136,7 @@ def customize_task(task: EvalTask, image_column: str | None = None, question_col
 def load_task_data(task: EvalTask, dataset: str | None = None, split: str | None = None,
                    image_root: str | None = None, limit: int | None = None, num_test: int = 600,
                    all_items: bool = False, source_format: str = "auto", class_names: str | None = None,
-                   with_images: bool = True, log: Any = print) -> tuple[Any, Any]:
+                   box_format: str | None = None, with_images: bool = True, log: Any = print) -> tuple[Any, Any]:
     """``(rows, loaded)``: the task's evaluation rows (``id``, ``prompt``, ``images``, ``answer``, ...) read with the
     dataset's format reader and the task's adapter, and the :class:`pepo.data.loading.LoadedData` saying how.
 
@@ -152,7 +152,7 @@ def load_task_data(task: EvalTask, dataset: str | None = None, split: str | None
         prompt_instruction=task.instruction, dataset_format=task.dataset_format, box_convention="absolute_resized",
         min_pixels=3136, max_pixels=12845056, k_shot=None, classification_show_options=False,
         options_column="options", source_format=source_format, class_names=class_names,
-        box_format=task.box_format, **columns,
+        box_format=box_format or task.box_format, **columns,
     )
     if args.dataset == "synthetic":
         loaded = load_data(Namespace(**{**vars(args), "num_train": 1, "test_split": "test"}), log=log)
