@@ -540,3 +540,27 @@ def test_data_flows_one_way_readers_rows_adapters_loading():
     assert not {"pepo.data.adapters", "pepo.data.loading", "pepo.data.readers"} & _imports(SRC / "rows.py")
     assert not {"pepo.data.loading"} & _imports(SRC / "adapters.py")
     assert not any(m.startswith("pepo.data.readers") for m in _imports(SRC / "adapters.py"))
+
+
+def test_eval_and_analyze_on_one_published_file_record_the_format(tmp_path, capsys, tiny_vlm):
+    """`pepo eval --task puzzlevqa --dataset <one category file>`: no split needed, format printed and recorded."""
+    from pepo.cli import main
+
+    model, processor = tiny_vlm
+    model.save_pretrained(tmp_path / "ckpt")
+    processor.save_pretrained(tmp_path / "ckpt")
+    path = puzzles(tmp_path / "data") / "circle_size_number.json"
+    out = tmp_path / "eval"
+    assert main(["eval", "--model", str(tmp_path / "ckpt"), "--task", "puzzlevqa", "--dataset", str(path),
+                 "--num_samples", "1", "--max_new_tokens", "2", "--output_dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"data: {path} read as puzzlevqa" in printed and "serve as split 'test'" in printed
+    record = json.loads((out / "data.json").read_text())
+    assert record["source_format"] == "puzzlevqa" and record["rows"] == {"train": 2}
+    assert json.loads((out / "summary.json").read_text())["source_format"] == "puzzlevqa"
+    assert [json.loads(x)["id"] for x in (out / "samples.jsonl").read_text().splitlines()] == ["0", "1"]
+    analysis = tmp_path / "analysis"
+    assert main(["analyze", "tokens", "--model", str(tmp_path / "ckpt"), "--task", "puzzlevqa", "--dataset",
+                 str(path), "--limit", "1", "--max_new_tokens", "2", "--heatmap_pngs", "0", "--shift", "none",
+                 "--out", str(analysis)]) == 0
+    assert json.loads((analysis / "data.json").read_text())["source_format"] == "puzzlevqa"
