@@ -174,9 +174,9 @@ def fgvc(root: Path) -> Path:
     """fgvc-aircraft-2013b/data: images_variant_<split>.txt ('<id> <variant>'), variants.txt, images/<id>.jpg."""
     data = root / "fgvc-aircraft-2013b" / "data"
     (data / "images").mkdir(parents=True)
-    (data / "variants.txt").write_text("707-320\n737-800\nF/A-18\n")
-    (data / "images_variant_train.txt").write_text("1025794 707-320\n1340192 F/A-18\n0056978 737-800\n")
-    (data / "images_variant_test.txt").write_text("1514522 737-800\n")
+    (data / "variants.txt").write_text("707-320\nBoeing 717\nF/A-18\n")
+    (data / "images_variant_train.txt").write_text("1025794 707-320\n1340192 F/A-18\n0056978 Boeing 717\n")
+    (data / "images_variant_test.txt").write_text("1514522 Boeing 717\n")
     for i in ("1025794", "1340192", "0056978", "1514522"):
         Image.new("RGB", (64, 68)).save(data / "images" / f"{i}.jpg")
     return root
@@ -286,6 +286,7 @@ def test_mathvista_testmini_ids_are_pids_and_prompts_the_official_queries(tmp_pa
     path = mathvista(tmp_path / "data")
     rows = load_data(_args(path), log=None).splits["train"]
     assert rows["id"] == ["1", "5"] and rows["answer"] == ["1.2", "97"]
+    assert _text(rows[0]).startswith("Hint: Please answer the question requiring a floating-point number")
     assert _text(rows[1]).endswith("Choices:\n(A) 97\n(B) 102\n(C) 107\n(D) 122")
     assert rows[1]["choices"] == ["97", "102", "107", "122"] and rows[0]["choices"] is None
     assert rows[0]["precision"] == 1.0 and rows[1]["question_type"] == "multi_choice"
@@ -342,8 +343,8 @@ def test_fgvc_aircraft_official_layout(tmp_path):
                        log=None)
     train, test = loaded.splits["train"], loaded.splits["test"]
     assert loaded.source_format == "fgvc_aircraft"
-    assert train["id"] == ["1025794", "1340192", "0056978"] and train["answer"] == ["707-320", "F/A-18", "737-800"]
-    assert test["answer"] == ["737-800"] and test[0]["images"][0].size == (64, 68)
+    assert train["id"] == ["1025794", "1340192", "0056978"] and train["answer"] == ["707-320", "F/A-18", "Boeing 717"]
+    assert test["answer"] == ["Boeing 717"] and test[0]["images"][0].size == (64, 68)
 
 
 def test_flowers102_labels_are_one_based_and_names_come_from_a_list(tmp_path):

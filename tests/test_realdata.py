@@ -141,6 +141,7 @@ def test_mathvista_testmini_every_item():
     mc = [r for r in rows if r["question_type"] == "multi_choice"]
     assert len(mc) == 540 and all(r["answer"] in r["choices"] for r in mc)
     assert all("(A)" in r["prompt"][0]["content"][0]["text"] for r in mc)
+    assert all(r["prompt"][0]["content"][0]["text"].startswith("Hint: ") for r in rows)  # the official queries
     evaluated = load_task_rows(TASKS["mathvista"], str(path), "testmini", with_images=False, log=None)
     assert len(evaluated) == 1000
 
