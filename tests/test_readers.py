@@ -18,7 +18,7 @@ from PIL import Image
 
 from pepo.data.errors import DataError
 from pepo.data.loading import load_data
-from pepo.data.readers import detect_format, read_source
+from pepo.data.readers import detect_format
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "pepo" / "data"
 

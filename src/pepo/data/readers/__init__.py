@@ -163,9 +163,9 @@ def _table_flavour(data: Dataset) -> tuple[str, str | None]:
     """``(description, id column)`` of a table with a published benchmark's Hugging Face columns."""
     cols = set(data.column_names)
     if {"pid", "question_type", "answer_type"} <= cols:
-        return "MathVista Hugging Face columns", "pid"
+        return "MathVista columns; id = pid", "pid"
     if {"sample_index", "problem_version"} <= cols:
-        return "MathVerse Hugging Face columns", "sample_index"
+        return "MathVerse columns; id = sample_index", "sample_index"
     if {"images", "problem", "answer"} <= cols:
         return "hiyouga/geometry3k columns", None
     if {"imagename", "question", "answer"} <= cols or {"skill", "broad_capability"} <= cols:
