@@ -216,6 +216,22 @@ def test_geometry3k_release_jsonl_ids_are_problem_ids(tmp_path):
     assert _text(rows[0]) == "Find x 2401.\n\nThink." and rows[0]["images"][0].size == (64, 48)
 
 
+def test_geometry3k_release_folder_has_a_split_per_file_and_val_answers_validation(tmp_path):
+    for split, pid in (("train", 11), ("val", 2101), ("test", 2401)):
+        rel = f"Geometry3K/{split}/{pid}/img_diagram.png"
+        _png(tmp_path / "raw" / rel)
+        (tmp_path / "geometry3k").mkdir(exist_ok=True)
+        (tmp_path / "geometry3k" / f"{split}.jsonl").write_text(json.dumps({
+            "images": [rel], "messages": [{"role": "user", "content": "<image>\nFind x."}], "solution": "5"}) + "\n")
+    assert detect_format(str(tmp_path / "geometry3k")) == ("geometry3k_release", "a folder of 3 split files")
+    notes = []
+    loaded = load_data(_args(tmp_path / "geometry3k", train_split="train", test_split="validation",
+                             image_root=str(tmp_path / "raw")), log=notes.append)
+    assert loaded.splits["train"]["id"] == ["11"] and loaded.splits["test"]["id"] == ["2101"]
+    assert any("split 'validation' is called 'val'" in n for n in notes)
+    assert loaded.splits["test"][0]["images"][0].size == (64, 48)
+
+
 def test_intergps_folders_answer_is_the_choice_the_letter_names(tmp_path):
     root = intergps(tmp_path / "geometry3k")
     assert detect_format(str(root))[0] == "intergps"

@@ -64,6 +64,13 @@ def test_geometry3k_release_jsonl_every_item(split, n):
     assert len(evaluated) == n and evaluated["answer"] == rows["answer"]
 
 
+def test_geometry3k_release_folder_serves_the_recipe_splits():
+    loaded = load_data(_args(REAL / "geometry3k" / "pepo_jsonl", test_split="validation"), with_images=False,
+                       log=None)
+    assert {k: len(v) for k, v in loaded.splits.items()} == {"train": 2101, "test": 300}
+    assert set(loaded.splits["train"]["id"]).isdisjoint(loaded.splits["test"]["id"])
+
+
 def test_geometry3k_items_with_images_in_both_layouts(tmp_path):
     """InterGPS train 11-20 (the 10 with images): answers are the lettered choices, equal to the release's."""
     intergps = REAL / "geometry3k" / "intergps_format"

@@ -34,6 +34,9 @@ __all__ = ["DataError", "LoadedData", "resolve_image", "build_rows", "to_rl_rows
 
 _prompt = make_prompt  # the name older code imports
 
+#: the two spellings of the validation split (Hugging Face copies say validation, the release files val)
+_SPLIT_ALIASES = {"validation": "val", "val": "validation"}
+
 #: file written into every run / eval / analysis folder: where the rows came from and how they were read
 DATA_RECORD = "data.json"
 
@@ -116,6 +119,11 @@ def load_data(args: Any, seed: int = 0, with_images: bool = True, log: Callable[
         raw = {s: data for s in wanted}
     else:
         for split in wanted:
+            alias = _SPLIT_ALIASES.get(split)
+            if split not in source.splits and alias in source.splits:
+                notes.append(f"split {split!r} is called {alias!r} in {args.dataset}; using it")
+                raw[split] = source.splits[alias]
+                continue
             if split not in source.splits:
                 raise DataError(f"dataset {args.dataset}: split {split!r} not found; available: {list(source.splits)} "
                                 f"(set --train_split / --test_split, or --split for pepo eval).")

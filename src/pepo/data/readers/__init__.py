@@ -40,6 +40,7 @@ from pepo.data.readers.benchmarks import (
     read_mathverse,
     read_mathvista,
     read_puzzlevqa,
+    release_files,
 )
 from pepo.data.readers.classification import (
     DATA_SUFFIXES,
@@ -134,6 +135,9 @@ def detect_format(dataset: str) -> tuple[str, str]:
             return "intergps", "<id>/data.json folders"
         if (path / "dataset.json").is_file() and _format_of_json(path / "dataset.json") == "logicvista":
             return "logicvista", "dataset.json keyed by id"
+        releases = release_files(path)
+        if releases and (_format_of_row(_first_object(releases[0]) or {}) == "geometry3k_release"):
+            return "geometry3k_release", f"a folder of {len(releases)} split files"
         files = puzzle_files(path)
         if files and all(f.suffix == ".json" for f in files):
             row = _first_object(files[0])

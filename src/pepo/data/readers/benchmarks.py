@@ -64,10 +64,7 @@ def _geometry3k_id(paths: list[str], fallback: int) -> str:
     return p.parent.name if p.stem == "img_diagram" and p.parent.name else p.stem
 
 
-def read_geometry3k_release(path: Path, image_root: str | None) -> Source:
-    """The paper release's JSONL (``images`` list, ``messages`` with one user turn, ``solution``); image paths
-    are relative to ``image_root`` (default: the file's folder). ``id`` = the Geometry3K problem id."""
-    base = Path(image_root) if image_root else path.parent
+def _release_rows(path: Path, base: Path) -> list[dict]:
     data = read_json(path) if path.suffix == ".json" else ("jsonl", read_json_lines(path))
     rows = []
     for i, (loc, obj) in enumerate(_records(path, data, "Geometry3K rows")):
@@ -81,9 +78,29 @@ def read_geometry3k_release(path: Path, image_root: str | None) -> Source:
         rows.append({"id": _geometry3k_id(obj["images"], i), "images": [p for p in images if p],
                      "messages": question_text(obj["messages"]) or "", "solution": as_text(obj["solution"]),
                      WHERE: loc})
-    return Source("geometry3k_release", str(path), {"all": rows_to_dataset(rows)}, single=True,
-                  columns={"image_column": "images", "question_column": "messages", "answer_column": "solution"},
-                  detail="images / messages / solution")
+    return rows
+
+
+def release_files(folder: Path) -> list[Path]:
+    """The ``<split>.jsonl`` files of a folder holding the release's Geometry3K files (``train``/``val``/``test``)."""
+    return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix == ".jsonl")
+
+
+def read_geometry3k_release(path: Path, image_root: str | None) -> Source:
+    """The paper release's JSONL (``images`` list, ``messages`` with one user turn, ``solution``); image paths
+    are relative to ``image_root`` (default: the file's folder). ``id`` = the Geometry3K problem id. A folder of
+    such files (the release's ``data/geometry3k/``) has one split per file (``train``, ``val``, ``test``)."""
+    columns = {"image_column": "images", "question_column": "messages", "answer_column": "solution"}
+    if path.is_dir():
+        base = Path(image_root) if image_root else path
+        splits = {f.stem: rows_to_dataset(_release_rows(f, base)) for f in release_files(path)}
+        if not splits:
+            raise DataError(f"{path}: no <split>.jsonl files of the release's Geometry3K format here.")
+        return Source("geometry3k_release", str(path), splits, columns=columns,
+                      detail=f"images / messages / solution, splits {sorted(splits)}")
+    base = Path(image_root) if image_root else path.parent
+    return Source("geometry3k_release", str(path), {"all": rows_to_dataset(_release_rows(path, base))},
+                  single=True, columns=columns, detail="images / messages / solution")
 
 
 def _intergps_problem(folder: Path) -> dict:
