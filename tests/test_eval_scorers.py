@@ -111,7 +111,7 @@ def test_mathvista_schema_end_to_end(tiny_vlm, tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["prompts"] == 2 and "closest option text" in summary["protocol"]
     lines = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
-    # a multiple-choice sample either names one of the options or scores 0
-    mc = [r for r in lines if r["id"] == "0"]
+    # a multiple-choice sample either names one of the options or scores 0 (ids are MathVista pids)
+    mc = [r for r in lines if r["id"] == "1"]
     assert len(mc) == 2 and all(r["extracted"] in ("a", "b") or r["score"] == 0.0 for r in mc)
     assert all(r["score"] in (0.0, 1.0) for r in lines)

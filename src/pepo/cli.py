@@ -165,7 +165,8 @@ def _analyze_tokens(args: argparse.Namespace) -> int:
     from pepo.analysis.tokens import TokenAnalysisSettings
     from pepo.data.loading import DataError
     from pepo.eval.cli import task_from_args
-    from pepo.eval.tasks import load_task_rows, make_scorer
+    from pepo.data.loading import write_data_record
+    from pepo.eval.tasks import load_task_data, make_scorer
     from pepo.models.loading import image_token_id, load_model_and_processor
 
     try:
@@ -180,7 +181,9 @@ def _analyze_tokens(args: argparse.Namespace) -> int:
         settings = TokenAnalysisSettings(
             temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens or task.max_new_tokens,
             num_samples=args.num_samples, batch_size=args.batch_size, shift=args.shift, seed=args.seed, **chosen)
-        rows = load_task_rows(task, args.dataset, args.split, args.image_root, args.limit)
+        rows, loaded = load_task_data(task, args.dataset, args.split, args.image_root, args.limit,
+                                      source_format=args.source_format, class_names=args.class_names,
+                                      box_format=args.box_format)
     except (DataError, ValueError) as err:
         print(f"pepo: error: {err}", file=sys.stderr)
         return 2
@@ -193,7 +196,8 @@ def _analyze_tokens(args: argparse.Namespace) -> int:
     name = name.parent.name if name.name == "checkpoint" else name.name
     out = Path(args.out or Path("runs/analysis") / name / args.task)
     meta = {"model": args.model, "task": args.task, "dataset": args.dataset or task.dataset,
-            "split": args.split or task.split, "prompts": len(rows)}
+            "split": args.split or task.split, "source_format": loaded.source_format, "prompts": len(rows)}
+    write_data_record(out, loaded)
     summary = analyze_tokens(model, processor, rows, make_scorer(task), out, settings, meta,
                              image_token_id(model, processor), heatmap_pngs=args.heatmap_pngs, top_k=args.top_k)
     print(f"{summary['responses']} responses, mean reward {summary['mean_reward']:.3f}")

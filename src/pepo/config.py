@@ -44,8 +44,8 @@ class ScriptArguments:
     dataset: str = field(
         default="synthetic",
         metadata={
-            "help": "`synthetic` (the embedded shape-counting task), a local .jsonl/.json/.parquet file or folder, "
-            "or a hub dataset id."
+            "help": "`synthetic` (the embedded shape-counting task), a local file or folder in a format pepo reads "
+            "(see --source_format), or a hub dataset id. A single file has no splits: it serves as any split."
         },
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
@@ -67,13 +67,32 @@ class ScriptArguments:
     skip_invalid_rows: bool = field(
         default=False, metadata={"help": "Skip rows that fail validation (and report the count) instead of failing."}
     )
+    source_format: str = field(
+        default="auto",
+        metadata={
+            "help": "How the dataset's files are read (the published format): auto (detected and printed), table "
+            "(image/question/answer columns: JSONL, JSON, Parquet, CSV, a folder of them or a hub id), "
+            "geometry3k_release, intergps, logicvista, puzzlevqa, mathvista, mathverse, refcoco, fgvc_aircraft, "
+            "flowers102, image_folder. See the README, 'Formats we read'."
+        },
+    )
     dataset_format: str = field(
         default="generic",
         metadata={
-            "help": "How rows are read and validated: generic (question/image/answer), grounding (referring "
-            "expression + box), classification (image folder or labelled images, optional k-shot), "
-            "multiple_choice (question + options). See pepo.data.adapters."
+            "help": "The task adapter that turns rows into prompts: generic (question/image/answer), grounding "
+            "(referring expression + box), classification (labelled images, optional k-shot), multiple_choice "
+            "(question + options). See pepo.data.adapters."
         },
+    )
+    box_format: str = field(
+        default="xyxy",
+        metadata={"help": "grounding, tables: how the answer column writes boxes: xyxy ([x1, y1, x2, y2]) or xywh "
+                  "(COCO [x, y, w, h]). The official RefCOCO files are read as COCO xywh whatever this says."},
+    )
+    class_names: str | None = field(
+        default=None,
+        metadata={"help": "classification: file of class names, label 0 (Flowers102: label 1) first: .txt one per "
+                  "line, a JSON list, {\"classes\": [...]} or {\"1\": name, ...}. Flowers102 needs one."},
     )
     box_convention: str = field(
         default="absolute_resized",
@@ -161,9 +180,12 @@ class ScriptArguments:
     )
 
     def __post_init__(self) -> None:
-        from pepo.data.adapters import check_box_convention, check_dataset_format
+        from pepo.data.adapters import check_box_convention, check_box_format, check_dataset_format
+        from pepo.data.readers import check_source_format
 
+        check_source_format(self.source_format)
         check_dataset_format(self.dataset_format)
+        check_box_format(self.box_format)
         check_box_convention(self.box_convention)
         if self.k_shot is not None and self.k_shot < 1:
             raise ValueError(f"k_shot must be >= 1 (or unset), got {self.k_shot}.")

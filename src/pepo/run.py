@@ -1,6 +1,7 @@
 """One training run, end to end: data -> model (+ warm start) -> score -> PEPO -> score -> run folder.
 
-The run folder holds ``config.yaml`` (every resolved option), ``metrics.jsonl`` (one line per
+The run folder holds ``config.yaml`` (every resolved option), ``data.json`` (the dataset, the format it was read
+as, splits, row counts, notes), ``metrics.jsonl`` (one line per
 logging step), ``checkpoint/`` (model + processor, loadable by ``pepo.models.loading``),
 ``results.json`` (held-out accuracy before and after RL, per question type) and ``plots/``.
 
@@ -30,14 +31,15 @@ from transformers import set_seed
 
 from pepo.callbacks import JsonlMetricsCallback, truncate_metrics
 from pepo.config import EMBEDDED, ConfigError, ScriptArguments
-from pepo.data.loading import load_rl_data
+from pepo.data.loading import load_data, write_data_record
 from pepo.environment import environment
 from pepo.eval.generation import generate_completions
 from pepo.resume import checkpoint_step, find_resumable_checkpoint, resolve_resume_checkpoint
 from pepo.rewards import get_reward_funcs
 from pepo.trainer import PEPOConfig, PEPOTrainer
 
-__all__ = ["RunResult", "evaluate_accuracy", "build_model", "run_training", "save_warm_start", "load_warm_start"]
+__all__ = ["RunResult", "evaluate_accuracy", "build_model", "run_training", "missing_report_to", "save_warm_start",
+           "load_warm_start"]
 
 _WARM_START_HELD_OUT = 200
 _PRE_RL = "pre_rl.json"
@@ -99,12 +101,15 @@ def build_model(
     if script_args.model_name_or_path != EMBEDDED:
         from pepo.models.loading import load_model_and_processor
 
-        model, processor = load_model_and_processor(
-            script_args.model_name_or_path,
-            torch_dtype=script_args.torch_dtype,
-            trust_remote_code=training_args.trust_remote_code,
-            attn_implementation=script_args.attn_implementation,
-        )
+        try:
+            model, processor = load_model_and_processor(
+                script_args.model_name_or_path,
+                torch_dtype=script_args.torch_dtype,
+                trust_remote_code=training_args.trust_remote_code,
+                attn_implementation=script_args.attn_implementation,
+            )
+        except OSError as err:  # offline hub, missing folder
+            raise _model_error(script_args.model_name_or_path, err) from None
         return model, processor, 0
 
     if script_args.warm_start and script_args.warm_start_dir:
@@ -258,6 +263,36 @@ def _prepare_run_folder(out: Path, script_args: ScriptArguments, training_args: 
     return resume
 
 
+#: ``report_to`` integrations -> the package each needs
+REPORT_TO_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio", "mlflow": "mlflow",
+                      "comet_ml": "comet_ml", "clearml": "clearml", "swanlab": "swanlab"}
+
+
+def missing_report_to(report_to: Any) -> str | None:
+    """A one-line problem naming the install command when a ``report_to`` logger's package is missing
+    (transformers would stop when the trainer starts, after the model is loaded); None when all are installed."""
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    for name in names:
+        package = REPORT_TO_PACKAGES.get(name)
+        if package is None:
+            continue
+        if name == "tensorboard":  # torch's SummaryWriter needs the tensorboard package (tensorboardX also works)
+            found = importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")
+        else:
+            found = importlib.util.find_spec(package)
+        if found is None:
+            return f"report_to: {name} is not installed (pip install {package}); or pass --report_to none."
+    return None
+
+
+def _model_error(model: str, err: Exception) -> Exception:
+    return ConfigError(
+        f"model {model!r} could not be loaded ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
+        f"Without network access, download it elsewhere (`huggingface-cli download {model} --local-dir DIR`) and "
+        f"pass --model_name_or_path DIR."
+    )
+
+
 def _dry_run(script_args: ScriptArguments, training_args: PEPOConfig, data: Any, log: Callable[[str], None]) -> None:
     """Validate what a run needs without loading weights: processor, image token, data, rewards, batch arithmetic."""
     from pepo.models.loading import image_token_id, load_processor
@@ -270,9 +305,13 @@ def _dry_run(script_args: ScriptArguments, training_args: PEPOConfig, data: Any,
     else:
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(script_args.model_name_or_path,
-                                            trust_remote_code=training_args.trust_remote_code)
-        processor = load_processor(script_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code)
+        try:
+            config = AutoConfig.from_pretrained(script_args.model_name_or_path,
+                                                trust_remote_code=training_args.trust_remote_code)
+            processor = load_processor(script_args.model_name_or_path,
+                                       trust_remote_code=training_args.trust_remote_code)
+        except (OSError, ValueError) as err:  # offline hub, missing folder, not a model
+            raise _model_error(script_args.model_name_or_path, err) from None
     token = image_token_id(config, processor, image_token=training_args.image_token)
     # The processor must expand the image placeholder of every prompt (catches chat-template / format mismatches).
     for name, split in data.items():
@@ -310,27 +349,38 @@ def run_training(
     random.seed(seed)
     out = Path(training_args.output_dir)
     is_main = training_args.process_index == 0  # under torchrun / accelerate, one process writes the run folder
+    logger_problem = missing_report_to(training_args.report_to)
+    if logger_problem and not script_args.dry_run:
+        raise ConfigError(logger_problem)
+    if logger_problem:  # the dry run goes on validating the rest, then fails with this
+        log(f"problem: {logger_problem}")
+    if not script_args.dry_run and training_args.resume_from_checkpoint and (out / "results.json").is_file() and \
+            str(training_args.resume_from_checkpoint).lower() in ("auto", "true", "latest"):
+        done = json.loads((out / "results.json").read_text())
+        log(f"{out} holds a finished run (results.json); nothing to resume.")
+        return RunResult(out, done.get("before_rl") or {}, done.get("after_rl"), done.get("warm_start_steps", 0),
+                         done.get("seconds", 0.0))
+    # Data first: a bad file stops the run before anything is written to the run folder.
+    loaded = load_data(script_args, seed=seed, log=log if is_main else None)
+    data, skipped = loaded.splits, loaded.skipped
+    for split, n in skipped.items():
+        if n:
+            log(f"skipped {n} invalid rows in split {split!r} (--skip_invalid_rows)")
+    reward_funcs = get_reward_funcs(script_args.reward_funcs)
     resume = None
     if script_args.dry_run:
         out.mkdir(parents=True, exist_ok=True)
         if is_main:
             (out / "config.yaml").write_text(yaml.safe_dump(_config_dict(script_args, training_args), sort_keys=True))
     else:
-        if training_args.resume_from_checkpoint and (out / "results.json").is_file() and \
-                str(training_args.resume_from_checkpoint).lower() in ("auto", "true", "latest"):
-            done = json.loads((out / "results.json").read_text())
-            log(f"{out} holds a finished run (results.json); nothing to resume.")
-            return RunResult(out, done.get("before_rl") or {}, done.get("after_rl"), done.get("warm_start_steps", 0),
-                             done.get("seconds", 0.0))
         resume = _prepare_run_folder(out, script_args, training_args, is_main, log)
-    data, skipped = load_rl_data(script_args, seed=seed)
-    for split, n in skipped.items():
-        if n:
-            log(f"skipped {n} invalid rows in split {split!r} (--skip_invalid_rows)")
-    reward_funcs = get_reward_funcs(script_args.reward_funcs)
+    if is_main:
+        write_data_record(out, loaded)
 
     if script_args.dry_run:
         _dry_run(script_args, training_args, data, log)
+        if logger_problem:
+            raise ConfigError(f"dry run found a problem: {logger_problem}")
         return RunResult(out, {}, None, 0, 0.0)
 
     start = time.perf_counter()

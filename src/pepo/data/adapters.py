@@ -1,14 +1,16 @@
-"""Dataset adapters for the paper's non-math tasks: grounding, few-shot classification, multiple choice.
+"""Task adapters: uniform rows (from :mod:`pepo.data.readers`) -> RL rows with prompts.
 
-``--dataset_format`` picks one (``generic``, the default, is :func:`pepo.data.loading.to_rl_rows`). Every
-adapter produces the same RL rows as the generic path (``prompt``, ``images``, ``answer``, ``id``, extra
-columns kept for the rewards) through the shared per-row machinery :func:`pepo.data.loading.build_rows`
-(image loading and path safety, duplicate ids, ``--skip_invalid_rows`` counting), and adds its own checks.
+``--dataset_format`` picks one: ``generic`` (question / image / answer, :func:`to_rl_rows`), ``grounding``,
+``classification``, ``multiple_choice``. Every adapter produces the same RL rows (``prompt``, ``images``,
+``answer``, ``id``, extra columns kept for the rewards) through the shared per-row machinery
+:func:`pepo.data.rows.build_rows` (image loading and path safety, duplicate ids, ``--skip_invalid_rows``
+counting), and adds its own checks. Adapters never read files: the readers did.
 
 **grounding** (RefCOCO-style; paper Task 2). A row holds one image, a referring expression
 (``--question_column``) and the ground-truth box (``--answer_column``): ``[x1, y1, x2, y2]`` in pixels of the
 ORIGINAL image, (x1, y1) the top-left corner, as a list or a JSON string. Checks: 4 finite numbers,
 ``x2 > x1``, ``y2 > y1``, inside the image with a 1-pixel tolerance (the box is then clipped to the image).
+With ``--box_format xywh`` the column holds COCO ``[x, y, w, h]`` boxes instead (converted first).
 The prompt asks for the referred object's box as ``[x1, y1, x2, y2]`` inside ``<answer>``. The stored
 ``answer`` is a JSON list string and ``image_size`` a ``[w, h]`` column, both in the box convention the model
 is asked to use (``iou``/``iou50`` rewards clip to ``image_size``). ``--box_convention``:
@@ -25,9 +27,8 @@ is asked to use (``iou``/``iou50`` rewards clip to ``image_size``). ``--box_conv
 * ``relative_1000``: Qwen2-VL style, coordinates normalised to 0-1000 of the width / height
   (``image_size`` is then ``[1000, 1000]``).
 
-**classification** (few-shot FGVC-Aircraft / Flower102; paper Task 3). Either an image folder
-``root/<class name>/*.jpg|jpeg|png`` (the train split; with ``root/<split>/<class name>/...`` every split
-folder is a split), or a dataset with ``--image_column`` and a label in ``--answer_column`` (an int with
+**classification** (few-shot FGVC-Aircraft / Flower102; paper Task 3). Rows from the official layouts or an
+image folder (see :mod:`pepo.data.readers.classification`), or a dataset with ``--image_column`` and a label in ``--answer_column`` (an int with
 ``ClassLabel`` names, or the class name as a string). Class names come from the train split (folder names,
 ``ClassLabel`` names, or the sorted distinct strings). ``--k_shot K`` samples K training images per class,
 deterministically from the seed (same seed and same files -> same selection; classes are sampled
@@ -50,17 +51,22 @@ import json
 import math
 import random
 import re
-from pathlib import Path
 from typing import Any, Callable
 
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+from datasets import ClassLabel, Dataset, Value
 from PIL import Image
 
-from pepo.data.loading import DataError, _prompt, build_rows, required_question
+from pepo.data.errors import DataError
+from pepo.data.rows import build_rows, make_prompt, required_question
+
+_prompt = make_prompt
 
 __all__ = [
     "DATASET_FORMATS",
     "BOX_CONVENTIONS",
+    "BOX_FORMATS",
+    "check_box_format",
+    "to_rl_rows",
     "QWEN_MIN_PIXELS",
     "QWEN_MAX_PIXELS",
     "check_dataset_format",
@@ -71,24 +77,27 @@ __all__ = [
     "to_multiple_choice_rows",
     "sample_k_shot",
     "class_names_of",
-    "image_folder_dataset",
-    "load_classification_raw",
     "make_adapter",
 ]
 
 DATASET_FORMATS = ("generic", "grounding", "classification", "multiple_choice")
 BOX_CONVENTIONS = ("absolute_resized", "absolute_original", "relative_1000")
+BOX_FORMATS = ("xyxy", "xywh")
 QWEN_FACTOR = 28  # patch size 14 x spatial merge size 2
 QWEN_MIN_PIXELS = 4 * 28 * 28  # 3136
 QWEN_MAX_PIXELS = 16384 * 28 * 28  # 12845056
 BOX_TOLERANCE = 1.0  # pixels a ground-truth box may spill outside the image (annotation rounding)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-DATA_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv", ".arrow")
 
 
 def check_dataset_format(value: str) -> str:
     if value not in DATASET_FORMATS:
         raise ValueError(f"dataset_format: unknown value {value!r}; choose one of {list(DATASET_FORMATS)}.")
+    return value
+
+
+def check_box_format(value: str) -> str:
+    if value not in BOX_FORMATS:
+        raise ValueError(f"box_format: unknown value {value!r}; choose one of {list(BOX_FORMATS)}.")
     return value
 
 
@@ -123,6 +132,40 @@ def smart_resize(
         h_bar = math.ceil(height * beta / factor) * factor
         w_bar = math.ceil(width * beta / factor) * factor
     return h_bar, w_bar
+
+
+# --------------------------------------------------------------------------------------------- generic
+
+
+def to_rl_rows(
+    dataset: Dataset,
+    split: str,
+    image_column: str = "image",
+    question_column: str = "question",
+    answer_column: str = "answer",
+    image_root: str | None = None,
+    skip_invalid_rows: bool = False,
+    instruction: str | None = None,
+    with_images: bool = True,
+) -> tuple[Dataset, int]:
+    """Map question / image / answer rows to RL rows, validating every row (the ``generic`` adapter).
+
+    Returns:
+        ``(rows, n_skipped)``. Without ``skip_invalid_rows`` the first invalid row raises
+        :class:`DataError` naming file or split, row index, id and field.
+    """
+
+    def make_record(row: dict, images: list, where: str) -> dict:
+        question = required_question(row, question_column, where)
+        answer = row[answer_column]
+        if answer is None or not str(answer).strip():
+            raise DataError(f"{where}, field {answer_column!r}: empty answer; rewards need a ground truth.")
+        return {"prompt": _prompt(question, len(images), instruction), "answer": str(answer)}
+
+    return build_rows(
+        dataset, split, (image_column, question_column, answer_column), image_column, make_record,
+        image_root, skip_invalid_rows, consumed=(question_column, answer_column), with_images=with_images,
+    )
 
 
 # --------------------------------------------------------------------------------------------- grounding
@@ -164,6 +207,20 @@ def _ground_truth_box(value: Any, where: str) -> tuple[float, float, float, floa
     return box  # type: ignore[return-value]
 
 
+def _xywh_to_xyxy(value: Any, where: str) -> Any:
+    """COCO ``[x, y, w, h]`` -> ``[x1, y1, x2, y2]``; anything else is returned for the box check to name."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise DataError(f"{where}: box {value!r} is not a JSON list [x, y, w, h].") from None
+    if (isinstance(value, (list, tuple)) and len(value) == 4
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+        x, y, w, h = (float(v) for v in value)
+        return [x, y, x + w, y + h]
+    return value
+
+
 def _box_prompt(expression: str, convention: str) -> str:
     frame = (
         "with coordinates normalised to 0-1000 (0 is the left/top edge of the image, 1000 the right/bottom edge)"
@@ -189,17 +246,35 @@ def to_grounding_rows(
     box_convention: str = "absolute_resized",
     min_pixels: int = QWEN_MIN_PIXELS,
     max_pixels: int = QWEN_MAX_PIXELS,
+    box_format: str = "xyxy",
+    with_images: bool = True,
 ) -> tuple[Dataset, int]:
-    """RefCOCO-style rows -> RL rows with the box in ``box_convention`` (see module doc); ``(rows, n_skipped)``."""
-    check_box_convention(box_convention)
+    """RefCOCO-style rows -> RL rows with the box in ``box_convention`` (see module doc); ``(rows, n_skipped)``.
 
-    def make_record(row: dict, images: list[Image.Image], where: str) -> dict:
+    ``box_format`` says how the answer column writes boxes: ``xyxy`` (``[x1, y1, x2, y2]``) or ``xywh`` (COCO
+    ``[x, y, w, h]``). Without images (``with_images=False``) the image size comes from an ``image_size``
+    column (``[w, h]``, as the official RefCOCO reader gives it); rows without one keep the box unchanged.
+    """
+    check_box_convention(box_convention)
+    check_box_format(box_format)
+
+    def make_record(row: dict, images: list[Image.Image | None], where: str) -> dict:
         if len(images) != 1:
             raise DataError(f"{where}, field {image_column!r}: grounding needs exactly one image, got {len(images)}.")
         expression = required_question(row, question_column, where)
         field_where = f"{where}, field {answer_column!r}"
-        x1, y1, x2, y2 = _ground_truth_box(row[answer_column], field_where)
-        w, h = images[0].size
+        value = row[answer_column]
+        if box_format == "xywh":
+            value = _xywh_to_xyxy(value, field_where)
+        x1, y1, x2, y2 = _ground_truth_box(value, field_where)
+        if images[0] is None:  # no image opened: the size the reader recorded, if any
+            size = row.get("image_size")
+            if not size:
+                return {"prompt": _prompt(_box_prompt(expression, box_convention), 1, instruction),
+                        "answer": json.dumps([x1, y1, x2, y2]), "image_size": None}
+            w, h = int(size[0]), int(size[1])
+        else:
+            w, h = images[0].size
         t = BOX_TOLERANCE
         if x1 < -t or y1 < -t or x2 > w + t or y2 > h + t:
             raise DataError(f"{field_where}: box {[x1, y1, x2, y2]} lies outside the {w}x{h} image.")
@@ -224,50 +299,11 @@ def to_grounding_rows(
 
     return build_rows(
         dataset, split, (image_column, question_column, answer_column), image_column, make_record,
-        image_root, skip_invalid_rows, consumed=(question_column, answer_column),
+        image_root, skip_invalid_rows, consumed=(question_column, answer_column), with_images=with_images,
     )
 
 
 # --------------------------------------------------------------------------------------------- classification
-
-
-def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
-
-
-def _is_class_root(path: Path) -> bool:
-    """A folder whose subfolders hold images directly (``path/<class>/*.jpg``)."""
-    return any(d.is_dir() and any(_is_image(f) for f in d.iterdir()) for d in path.iterdir() if d.is_dir())
-
-
-def image_folder_dataset(root: Path, image_column: str = "image", label_column: str = "label") -> Dataset:
-    """``root/<class>/*.jpg|jpeg|png`` as a Dataset (image path, ``ClassLabel`` label over every class folder,
-    ``id`` = ``<class>/<file>``), files sorted by name so the row order does not depend on the file system."""
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    images, labels, ids = [], [], []
-    for index, name in enumerate(classes):
-        for f in sorted((root / name).iterdir(), key=lambda p: p.name):
-            if _is_image(f):
-                images.append(str(f.resolve()))
-                labels.append(index)
-                ids.append(f"{name}/{f.name}")
-    features = Features({image_column: Value("string"), label_column: ClassLabel(names=classes), "id": Value("string")})
-    return Dataset.from_dict({image_column: images, label_column: labels, "id": ids}, features=features)
-
-
-def load_classification_raw(args: Any) -> DatasetDict | None:
-    """An image folder as splits (``root/<split>/<class>/`` or ``root/<class>/`` = the train split); None if
-    ``args.dataset`` is not such a folder, or holds data files (then it is loaded like any dataset)."""
-    root = Path(args.dataset)
-    if not root.is_dir() or any(f.suffix.lower() in DATA_SUFFIXES for f in root.rglob("*") if f.is_file()):
-        return None  # a folder of data files (e.g. parquet + an images/ folder) is a dataset, not an image folder
-    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    split_dirs = [d for d in subdirs if _is_class_root(d)]
-    if split_dirs:
-        return DatasetDict({d.name: image_folder_dataset(d, args.image_column, args.answer_column) for d in split_dirs})
-    if _is_class_root(root):
-        return DatasetDict({args.train_split: image_folder_dataset(root, args.image_column, args.answer_column)})
-    return None
 
 
 def class_names_of(dataset: Dataset, label_column: str) -> list[str]:
@@ -342,6 +378,7 @@ def to_classification_rows(
     skip_invalid_rows: bool = False,
     instruction: str | None = None,
     show_options: bool = False,
+    with_images: bool = True,
 ) -> tuple[Dataset, int]:
     """Labelled images -> RL rows whose ``answer`` is the class name; ``(rows, n_skipped)``."""
     is_class_label = isinstance(dataset.features.get(label_column), ClassLabel)
@@ -354,6 +391,7 @@ def to_classification_rows(
     return build_rows(
         dataset, split, (image_column, label_column), image_column, make_record, image_root, skip_invalid_rows,
         consumed=(label_column,), column_hint="Map yours with --image_column / --answer_column (the label).",
+        with_images=with_images,
     )
 
 
@@ -418,6 +456,7 @@ def to_multiple_choice_rows(
     image_root: str | None = None,
     skip_invalid_rows: bool = False,
     instruction: str | None = None,
+    with_images: bool = True,
 ) -> tuple[Dataset, int]:
     """Question + options rows -> RL rows with a letter ``answer`` and a ``choices`` column; ``(rows, n_skipped)``."""
 
@@ -435,6 +474,7 @@ def to_multiple_choice_rows(
         dataset, split, (image_column, question_column, answer_column, options_column), image_column, make_record,
         image_root, skip_invalid_rows, consumed=(question_column, answer_column, options_column),
         column_hint="Map yours with --image_column / --question_column / --answer_column / --options_column.",
+        with_images=with_images,
     )
 
 
@@ -442,26 +482,40 @@ def to_multiple_choice_rows(
 
 
 def make_adapter(
-    dataset_format: str, args: Any, train: Dataset, seed: int = 0,
+    dataset_format: str, args: Any, train: Dataset, seed: int = 0, columns: dict[str, str] | None = None,
+    image_root: str | None = None, box_format: str | None = None, with_images: bool = True,
 ) -> Callable[[Dataset, str, str], tuple[Dataset, int]]:
-    """``adapt(data, split, role) -> (rows, n_skipped)`` for a non-generic ``dataset_format``.
+    """``adapt(data, split, role) -> (rows, n_skipped)`` for ``dataset_format``.
 
     ``train`` is the raw train split (classification reads its class names there, so every split shares them).
+    ``columns`` (``image_column`` / ``question_column`` / ``answer_column`` / ``options_column``), ``image_root``
+    and ``box_format`` default to the options in ``args``; a published-format reader passes its own.
     """
     check_dataset_format(dataset_format)
+    cols = {"image_column": args.image_column, "question_column": args.question_column,
+            "answer_column": args.answer_column, "options_column": getattr(args, "options_column", "options")}
+    cols.update(columns or {})
     common = dict(
-        image_column=args.image_column, image_root=args.image_root,
+        image_column=cols["image_column"], image_root=image_root if image_root is not None else args.image_root,
         skip_invalid_rows=getattr(args, "skip_invalid_rows", False),
-        instruction=getattr(args, "prompt_instruction", None),
+        instruction=getattr(args, "prompt_instruction", None), with_images=with_images,
     )
+    if dataset_format == "generic":
+
+        def adapt(data: Dataset, split: str, role: str) -> tuple[Dataset, int]:
+            return to_rl_rows(data, split, question_column=cols["question_column"],
+                              answer_column=cols["answer_column"], **common)
+
+        return adapt
     if dataset_format == "grounding":
         convention = check_box_convention(getattr(args, "box_convention", "absolute_resized"))
+        boxes = check_box_format(box_format or getattr(args, "box_format", "xyxy"))
 
         def adapt(data: Dataset, split: str, role: str) -> tuple[Dataset, int]:
             return to_grounding_rows(
-                data, split, question_column=args.question_column, answer_column=args.answer_column,
+                data, split, question_column=cols["question_column"], answer_column=cols["answer_column"],
                 box_convention=convention, min_pixels=getattr(args, "min_pixels", QWEN_MIN_PIXELS),
-                max_pixels=getattr(args, "max_pixels", QWEN_MAX_PIXELS), **common,
+                max_pixels=getattr(args, "max_pixels", QWEN_MAX_PIXELS), box_format=boxes, **common,
             )
 
         return adapt
@@ -469,13 +523,13 @@ def make_adapter(
 
         def adapt(data: Dataset, split: str, role: str) -> tuple[Dataset, int]:
             return to_multiple_choice_rows(
-                data, split, question_column=args.question_column, answer_column=args.answer_column,
-                options_column=getattr(args, "options_column", "options"), **common,
+                data, split, question_column=cols["question_column"], answer_column=cols["answer_column"],
+                options_column=cols["options_column"], **common,
             )
 
         return adapt
     if dataset_format == "classification":
-        label_column = args.answer_column
+        label_column = cols["answer_column"]
         class_names = class_names_of(train, label_column)
         k_shot = getattr(args, "k_shot", None)
 
@@ -501,4 +555,4 @@ def make_adapter(
             return rows, skipped + n_bad
 
         return adapt
-    raise ValueError(f"dataset_format {dataset_format!r} has no adapter (generic uses to_rl_rows).")
+    raise ValueError(f"dataset_format {dataset_format!r} has no adapter.")

@@ -82,6 +82,12 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", help="override the task's dataset (local path or hub id of the same schema)")
     parser.add_argument("--split", help="override the task's split")
     parser.add_argument("--image_root", help="folder that relative image paths resolve against")
+    parser.add_argument("--source_format", default="auto", help="how the dataset's files are read: auto (detected and "
+                        "printed), table, geometry3k_release, intergps, logicvista, puzzlevqa, mathvista, mathverse, "
+                        "refcoco, fgvc_aircraft, flowers102, image_folder (see the README, 'Formats we read')")
+    parser.add_argument("--class_names", help="classification: file of class names (Flowers102 needs one)")
+    parser.add_argument("--box_format", choices=["xyxy", "xywh"], help="grounding tables: boxes in the answer column "
+                        "are [x1, y1, x2, y2] (default) or COCO [x, y, w, h]")
     parser.add_argument("--image_column", help="your dataset's image column (default: the task's)")
     parser.add_argument("--question_column", help="your dataset's question column (default: the task's)")
     parser.add_argument("--answer_column", help="your dataset's answer column (default: the task's)")
@@ -158,7 +164,8 @@ def eval_main(argv: Sequence[str]) -> int:
 
     from pepo.data.loading import DataError
     from pepo.eval.runner import EvalSettings, evaluate_rows, summarize
-    from pepo.eval.tasks import load_task_rows, make_scorer
+    from pepo.data.loading import write_data_record
+    from pepo.eval.tasks import load_task_data, make_scorer
     from pepo.models.loading import load_model_and_processor, load_processor
 
     try:
@@ -176,7 +183,9 @@ def eval_main(argv: Sequence[str]) -> int:
         return 2
     out = Path(args.output_dir or Path("runs/eval") / Path(args.model.rstrip("/")).parent.name / args.task)
     try:
-        rows = load_task_rows(task, args.dataset, args.split, args.image_root, args.limit, all_items=args.all_items)
+        rows, loaded = load_task_data(task, args.dataset, args.split, args.image_root, args.limit,
+                                      all_items=args.all_items, source_format=args.source_format,
+                                      class_names=args.class_names, box_format=args.box_format)
     except (DataError, ValueError) as err:
         print(f"pepo: error: {err}", file=sys.stderr)
         return 2
@@ -216,8 +225,9 @@ def eval_main(argv: Sequence[str]) -> int:
         version = transformers.__version__
         _mark_backend(out, backend)
         samples = evaluate_rows(model, processor, rows, make_scorer(task), out, settings, chunk_size=args.batch_size)
+    write_data_record(out, loaded)
     summary = {"task": args.task, "model": args.model, "backend": backend, "backend_version": version,
-               "protocol": task.protocol,
+               "protocol": task.protocol, "source_format": loaded.source_format,
                "num_samples": settings.num_samples, "temperature": settings.temperature, "top_p": settings.top_p,
                "max_new_tokens": settings.max_new_tokens, "seed": settings.seed, **summarize(samples)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

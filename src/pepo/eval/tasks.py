@@ -14,7 +14,7 @@ from pepo.eval.scorers import letters_in, logicvista_score, mathverse_score, mat
 from pepo.rewards import REWARDS
 from pepo.rewards.exact_match import completion_text, extract_answer, normalize_answer
 
-__all__ = ["EvalTask", "TASKS", "load_task_rows", "make_scorer", "customize_task"]
+__all__ = ["EvalTask", "TASKS", "load_task_rows", "load_task_data", "make_scorer", "customize_task"]
 
 THINK_ANSWER = (
     "You FIRST think about the reasoning process as an internal monologue and then provide the final answer. "
@@ -40,6 +40,8 @@ class EvalTask:
     scorer: Callable[[Any, dict], tuple[float, str]] | None = None
     #: the default subset (e.g. MathVerse's multiple-choice items); ``--all_items`` keeps every row
     keep: Callable[[dict], bool] | None = None
+    #: grounding tables: how the answer column writes boxes (``xyxy`` or COCO ``xywh``)
+    box_format: str = "xyxy"
 
 
 TASKS: dict[str, EvalTask] = {
@@ -131,14 +133,17 @@ def customize_task(task: EvalTask, image_column: str | None = None, question_col
     return dataclasses.replace(task, **changes)
 
 
-def load_task_rows(task: EvalTask, dataset: str | None = None, split: str | None = None,
+def load_task_data(task: EvalTask, dataset: str | None = None, split: str | None = None,
                    image_root: str | None = None, limit: int | None = None, num_test: int = 600,
-                   all_items: bool = False) -> Any:
-    """The task's evaluation rows (``id``, ``prompt``, ``images``, ``answer``, ...) via the training adapters.
+                   all_items: bool = False, source_format: str = "auto", class_names: str | None = None,
+                   box_format: str | None = None, with_images: bool = True, log: Any = print) -> tuple[Any, Any]:
+    """``(rows, loaded)``: the task's evaluation rows (``id``, ``prompt``, ``images``, ``answer``, ...) read with the
+    dataset's format reader and the task's adapter, and the :class:`pepo.data.loading.LoadedData` saying how.
 
     The task's default subset (``keep``) applies unless ``all_items``; ``limit`` then takes the first rows.
+    ``with_images=False`` builds the prompts without opening images (``images`` is ``[]``).
     """
-    from pepo.data.loading import load_rl_data
+    from pepo.data.loading import load_data
 
     columns = {"image_column": "image", "question_column": "question", "answer_column": "answer", **task.columns}
     args = Namespace(
@@ -146,19 +151,27 @@ def load_task_rows(task: EvalTask, dataset: str | None = None, split: str | None
         image_root=image_root, num_train=0, num_test=num_test, skip_invalid_rows=False,
         prompt_instruction=task.instruction, dataset_format=task.dataset_format, box_convention="absolute_resized",
         min_pixels=3136, max_pixels=12845056, k_shot=None, classification_show_options=False,
-        options_column="options", **columns,
+        options_column="options", source_format=source_format, class_names=class_names,
+        box_format=box_format or task.box_format, **columns,
     )
     if args.dataset == "synthetic":
-        data, _ = load_rl_data(Namespace(**{**vars(args), "num_train": 1, "test_split": "test"}))
-        rows = data["test"]
+        loaded = load_data(Namespace(**{**vars(args), "num_train": 1, "test_split": "test"}), log=log)
+        rows = loaded.splits["test"]
     else:
-        data, _ = load_rl_data(args)
-        rows = data["train"]
+        loaded = load_data(args, with_images=with_images, log=log)
+        rows = loaded.splits["train"]
     if task.keep is not None and not all_items:
         rows = rows.filter(task.keep)
         if len(rows) == 0:
             raise ValueError(f"no rows of {args.dataset} are in the task's default subset; pass --all_items.")
-    return rows.select(range(min(limit, len(rows)))) if limit else rows
+    return (rows.select(range(min(limit, len(rows)))) if limit else rows), loaded
+
+
+def load_task_rows(task: EvalTask, dataset: str | None = None, split: str | None = None,
+                   image_root: str | None = None, limit: int | None = None, num_test: int = 600,
+                   all_items: bool = False, **kwargs: Any) -> Any:
+    """The rows of :func:`load_task_data` (same arguments)."""
+    return load_task_data(task, dataset, split, image_root, limit, num_test, all_items, **kwargs)[0]
 
 
 def make_scorer(task: EvalTask):
