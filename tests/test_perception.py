@@ -397,3 +397,24 @@ def test_papo_masked_grad_differentiates_the_masked_branch(tiny_vlm, tmp_path):
     trainer.args.papo_masked_grad = False
     _, off_code = _loss_and_grads(trainer, inputs)
     assert _max_diff(off_paper, off_code) <= 1e-7
+
+
+def test_mask_seeds_and_raw_images_follow_their_rows_through_dynamic_sampling():
+    from pepo.dynamic_sampling import concat_batches, select_rows
+
+    def batch(offset: int, width: int) -> dict:
+        rows = 2
+        return {
+            "prompt_ids": torch.arange(rows * width).view(rows, width) + 100 * offset,
+            "prompt_mask": torch.ones(rows, width, dtype=torch.long),
+            "completion_ids": torch.full((rows, 3), offset), "completion_mask": torch.ones(rows, 3, dtype=torch.long),
+            "advantages": torch.tensor([1.0, -1.0]) * (offset + 1), "num_items_in_batch": torch.tensor(6),
+            "perception_seed": torch.tensor([10, 11]) + 10 * offset,
+            "perception_images": [[f"img{offset}-{r}"] for r in range(rows)],
+        }
+
+    merged = concat_batches([batch(0, 4), batch(1, 5)], pad_token_id=0)
+    picked = select_rows(merged, [3, 0])
+    assert picked["perception_seed"].tolist() == [21, 10]
+    assert picked["perception_images"] == [["img1-1"], ["img0-0"]]
+    assert picked["advantages"].tolist() == [-2.0, 1.0]
