@@ -364,3 +364,57 @@ def test_perception_recipes_resolve_to_the_public_scripts_settings(backbone):
         "dapo", 0.0, True, 0.2, 0.28, "pixels", 0.5, 0.4, 0.9, 0.06)
     virl = parse_train_args(["--config", str(root / "virl39k" / "qwen2_5_vl_3b" / "papo_g.yaml")])[1]
     assert (virl.method, virl.beta, virl.papo_kl_coef) == ("papo_g", 0.01, 0.02)
+
+
+@pytest.mark.parametrize("method,overrides", [
+    ("papo_g", {"beta": 0.04, "num_iterations": 2, "gradient_checkpointing": True, "papo_masked_grad": True}),
+    ("vppo", {"num_iterations": 2, "gradient_checkpointing": True}),
+], ids=["papo_g-kl-2iters-ckpt-maskedgrad", "vppo-2iters-ckpt"])
+def test_perception_methods_in_other_training_setups(tiny_vlm, tmp_path, method, overrides):
+    from tests.test_trainer import snapshot
+
+    trainer = _untruncated(make_trainer(tiny_vlm, tmp_path, method=method, **overrides))
+    before = snapshot(trainer.model)
+    trainer.train()
+    after = snapshot(trainer.model)
+    assert [n for n in before if not torch.equal(before[n], after[n])]
+    key = "papo/kl_prcp" if method == "papo_g" else "vppo/dependency_mean"
+    # num_iterations 2: each generation batch is used twice, each micro-batch runs its own masked forward
+    assert len([r for r in trainer.state.log_history if key in r]) == 2
+
+
+def test_papo_masked_grad_differentiates_the_masked_branch(tiny_vlm, tmp_path):
+    trainer = make_trainer(tiny_vlm, tmp_path, method="papo_g")
+    inputs = _prepared_batch(trainer, progress=0.0)
+    loss_code, grads_code = _loss_and_grads(trainer, inputs)
+    trainer.args.papo_masked_grad = True
+    loss_paper, grads_paper = _loss_and_grads(trainer, inputs)
+    torch.testing.assert_close(loss_paper, loss_code)  # same value ...
+    assert _max_diff(grads_paper, grads_code) > 1e-6  # ... but the masked branch now has a gradient
+    # Only the masked branch differs: with the perception and masked-entropy terms off, the gradients agree.
+    trainer.args.papo_kl_coef = trainer.args.papo_masked_entropy_coef = 0.0
+    _, off_paper = _loss_and_grads(trainer, inputs)
+    trainer.args.papo_masked_grad = False
+    _, off_code = _loss_and_grads(trainer, inputs)
+    assert _max_diff(off_paper, off_code) <= 1e-7
+
+
+def test_mask_seeds_and_raw_images_follow_their_rows_through_dynamic_sampling():
+    from pepo.dynamic_sampling import concat_batches, select_rows
+
+    def batch(offset: int, width: int) -> dict:
+        rows = 2
+        return {
+            "prompt_ids": torch.arange(rows * width).view(rows, width) + 100 * offset,
+            "prompt_mask": torch.ones(rows, width, dtype=torch.long),
+            "completion_ids": torch.full((rows, 3), offset), "completion_mask": torch.ones(rows, 3, dtype=torch.long),
+            "advantages": torch.tensor([1.0, -1.0]) * (offset + 1), "num_items_in_batch": torch.tensor(6),
+            "perception_seed": torch.tensor([10, 11]) + 10 * offset,
+            "perception_images": [[f"img{offset}-{r}"] for r in range(rows)],
+        }
+
+    merged = concat_batches([batch(0, 4), batch(1, 5)], pad_token_id=0)
+    picked = select_rows(merged, [3, 0])
+    assert picked["perception_seed"].tolist() == [21, 10]
+    assert picked["perception_images"] == [["img1-1"], ["img0-0"]]
+    assert picked["advantages"].tolist() == [-2.0, 1.0]

@@ -40,7 +40,11 @@ def _train_help() -> str:
 
     lines = [_TRAIN_HELP]
     pepo_fields = [f for f in dataclasses.fields(PEPOConfig) if f.name in PEPOConfig.__annotations__]
-    groups = (("data / model / warm start", dataclasses.fields(ScriptArguments)), ("PEPO", pepo_fields))
+    from pepo.perception_trainer import PerceptionArguments
+
+    groups = (("data / model / warm start", dataclasses.fields(ScriptArguments)), ("PEPO", pepo_fields),
+              ("PAPO / VPPO (methods papo_g, papo_d, vppo; None = the method's default)",
+               dataclasses.fields(PerceptionArguments)))
     for title, fields in groups:
         lines.append(f"\n{title}:")
         for f in fields:
