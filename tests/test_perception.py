@@ -293,7 +293,9 @@ def test_forwards_per_micro_batch(tiny_vlm, tmp_path, method, forwards):
 def test_method_defaults_and_presets(tmp_path):
     from tests.test_trainer import make_config
 
-    papo_g = make_config(tmp_path, method="papo_g", loss_type="bnpo")
+    # the preset fills loss_type only when it is unset; an explicit value wins (as for every preset)
+    assert make_config(tmp_path, method="papo_g", loss_type="bnpo").loss_type == "bnpo"
+    papo_g = make_config(tmp_path, method="papo_g")
     assert (papo_g.loss_type, papo_g.papo_kl_coef, papo_g.papo_entropy_coef, papo_g.perception_mask_probability,
             papo_g.perception_mask_stage, papo_g.perception_mask_scope) == ("grpo", 0.02, 0.05, 0.6, "image", "prompt")
     papo_d = make_config(tmp_path, method="papo_d")
