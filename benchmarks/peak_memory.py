@@ -39,8 +39,9 @@ VARIANTS = {
 }
 
 
-def measure(settings: dict, repeats: int = 3) -> tuple[str, dict[str, int]]:
-    """Peak extra bytes of loss + backward per variant (min over ``repeats``), and a description line."""
+def measure(settings: dict, repeats: int = 3) -> tuple[str, dict[str, int], dict[str, int]]:
+    """Peak extra bytes of loss + backward per variant (min over ``repeats``), a description line, and the
+    batch's shape: completions B, completion length C, sequence length S, hidden states L1 (L + 1), width D."""
     cuda = settings.get("device", "cpu").startswith("cuda")
     peak_bytes = cuda_peak_bytes if cuda else _peak_bytes_cpu
     with scratch_dir() as tmp:
@@ -59,7 +60,11 @@ def measure(settings: dict, repeats: int = 3) -> tuple[str, dict[str, int]]:
             use_method(trainer, capture, method, **extra)
             loss_and_backward()  # warm-up
             results[name] = min(peak_bytes(loss_and_backward) for _ in range(repeats))
-        return describe(settings, trainer), results
+        text = trainer.model.config.get_text_config()
+        shape = {"B": inputs["completion_ids"].shape[0], "C": inputs["completion_ids"].shape[1],
+                 "S": inputs["prompt_ids"].shape[1] + inputs["completion_ids"].shape[1],
+                 "L1": text.num_hidden_layers + 1, "D": text.hidden_size}
+        return describe(settings, trainer), results, shape
 
 
 def main(argv: list[str] | None = None) -> dict[str, int]:
@@ -68,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
     add_model_arguments(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    header, results = measure(model_settings(args), args.repeats)
+    header, results, _ = measure(model_settings(args), args.repeats)
     base = results["GRPO (PEPO code path off)"]
     print(f"peak extra memory during loss + backward (min of {args.repeats}); {header}")
     for name, peak in results.items():

@@ -175,11 +175,12 @@ def test_pepo_entry_point_is_installed():
 def test_tiny_end_to_end_run_writes_the_run_folder(tmp_path):
     """The demo pipeline at toy size: every artefact lands and the numbers in it are consistent."""
     out = tmp_path / "run"
-    code = main([
-        "demo", "--num_train", "120", "--num_test", "24", "--warm_start_steps", "4", "--warm_start_target", "0",
+    argv = [
+        "--num_train", "120", "--num_test", "24", "--warm_start_steps", "4", "--warm_start_target", "0",
         "--warm_start_min_accuracy", "0", "--max_steps", "2", "--logging_steps", "1", "--output_dir", str(out),
         "--per_device_train_batch_size", "16",
-    ])
+    ]
+    code = main(["demo", *argv])
     assert code == 0
     for name in ("config.yaml", "metrics.jsonl", "results.json", "checkpoint/config.json", "plots/reward.png",
                  "plots/visual_similarity.png", "plots/entropy.png", "plots/weight_percentiles.png"):
@@ -188,7 +189,26 @@ def test_tiny_end_to_end_run_writes_the_run_folder(tmp_path):
     assert [m["step"] for m in metrics if "pepo/progress" in m] == [1, 2]
     assert metrics[0]["pepo/progress"] == 0.0 and metrics[1]["pepo/progress"] == 0.5
     results = json.loads((out / "results.json").read_text())
-    assert results["before_rl"]["n"] == 24 and 0 <= results["after_rl"]["overall"] <= 1
+    assert results["before_rl"]["n"] == 24 and results["after_rl"]["n"] == 24
+    # The after-RL numbers are those of the saved checkpoint: re-scoring it on the same test rows gives them exactly.
+    from pepo.data.loading import load_rl_data
+    from pepo.models.loading import load_model_and_processor
+    from pepo.rewards import get_reward_funcs
+    from pepo.run import evaluate_accuracy
+
+    script_args, _ = parse_train_args(argv, base=load_yaml(demo_recipe_path()))
+    data, _ = load_rl_data(script_args, seed=0)
+    model, processor = load_model_and_processor(str(out / "checkpoint"), torch_dtype="float32")
+    rescored = evaluate_accuracy(model.eval(), processor, data["test"], get_reward_funcs(script_args.reward_funcs)[0],
+                                 script_args.eval_max_new_tokens, show_progress=False)
+    assert rescored == results["after_rl"]
+    # overall is the item-weighted mean of the per-type accuracies, for both scorings
+    from collections import Counter
+
+    counts = Counter(data["test"]["question_type"])
+    for key in ("before_rl", "after_rl"):
+        by_type = sum(results[key][qt] * n for qt, n in counts.items()) / sum(counts.values())
+        assert results[key]["overall"] == pytest.approx(by_type, abs=1e-12)
     config = load_yaml(out / "config.yaml")
     assert config["method"] == "pepo" and config["max_steps"] == 2
     from pepo.models.loading import load_model_and_processor

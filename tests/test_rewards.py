@@ -109,6 +109,8 @@ CASES = [
     pytest.param(iou_reward, "<answer>[0, 0, 100, 100]</answer>", {"answer": [0, 0, 100, 95], "image_size": IMG}, 0.95, id="iou-whole-image-legit"),
     pytest.param(iou50_reward, "<answer>[50, 0, 150, 100]</answer>", {"answer": [0, 0, 100, 100]}, 0.0, id="iou50-miss"),
     pytest.param(iou50_reward, "<answer>[0, 0, 100, 50]</answer>", {"answer": [0, 0, 100, 100]}, 1.0, id="iou50-hit-at-threshold"),
+    pytest.param(iou50_reward, "<answer>[0, 0, 100, 49]</answer>", {"answer": [0, 0, 100, 100]}, 0.0, id="iou50-just-below"),
+    pytest.param(iou50_reward, "<answer>[10, 20, 110, 220]</answer>", {"answer": [10, 20, 110, 220]}, 1.0, id="iou50-exact"),
     # --- choice ---------------------------------------------------------------------------------------------
     pytest.param(choice_reward, "<answer>B</answer>", {"answer": "B"}, 1.0, id="ch-letter"),
     pytest.param(choice_reward, "<answer>(B)</answer>", {"answer": "B"}, 1.0, id="ch-paren"),
@@ -138,8 +140,20 @@ def test_reward_table(reward_fn, completion, row, expected):
     assert rewards[0] == pytest.approx(expected, abs=1e-9)
 
 
-def test_table_is_large_enough():
-    assert len(CASES) >= 60
+def test_table_tests_every_function_both_ways():
+    """Each reward function in the table has cases it must accept and cases it must reject (a function that
+    always returned 1, or always 0, fails several rows), and the graded IoU has values strictly in between."""
+    by_function: dict[str, list[float]] = {}
+    for case in CASES:
+        fn, _, _, expected = case.values
+        by_function.setdefault(getattr(fn, "__name__", repr(fn)), []).append(expected)
+    assert set(by_function) == {"accuracy_reward", "boxed_accuracy", "format_reward", "boxed_format_reward",
+                                "iou_reward", "iou50_reward", "choice_reward"}
+    for name, expected in by_function.items():
+        accepted, rejected = expected.count(1.0), expected.count(0.0)
+        assert accepted >= 2 and rejected >= 2, f"{name}: {accepted} cases score 1, {rejected} score 0"
+    assert sum(0 < e < 1 for e in by_function["iou_reward"]) >= 2
+    assert len({case.id for case in CASES}) == len(CASES)  # ids are unique, so a failure names one row
 
 
 # One batch per function: message-list and string completions mixed, the batch size preserved.
