@@ -200,10 +200,11 @@ def _method_note(name: str, method: dict) -> str:
                 "filtering, no clip-higher (epsilon_high = epsilon = 0.2); these explicit values override the "
                 "pepo_d preset.")
     note = ""
-    if method["method"] in ("dapo", "pepo_d"):
-        note += (" DAPO preset here: loss dapo, clip-higher 0.28, overlong filtering, dynamic sampling; the "
-                 "release's PEPO_D used loss bnpo without clip-higher (recipe geometry3k/qwen2_5_vl_3b/"
-                 "pepo_d_release.yaml; explicit loss_type / epsilon_high values override the preset).")
+    if method["method"] in ("dapo", "pepo_d", "papo_d", "vppo"):
+        note += " DAPO preset here: loss dapo, clip-higher 0.28, overlong filtering, dynamic sampling"
+        note += (("; the release's PEPO_D used loss bnpo without clip-higher (recipe geometry3k/qwen2_5_vl_3b/"
+                  "pepo_d_release.yaml; explicit loss_type / epsilon_high values override the preset).")
+                 if method["method"] in ("dapo", "pepo_d") else ".")
     elif method["method"] == "pepo_g" or method.get("loss_type") == "grpo":
         note += " Loss grpo, no dynamic sampling, no overlong filtering."
     changed = {k: v for k, v in method.items() if k in ("gate_alpha", "vision_score_type", "k_shot")}

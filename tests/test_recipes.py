@@ -196,9 +196,17 @@ RESOLVED_METHOD = {
              "DAPO preset here: loss dapo, clip-higher 0.28, overlong filtering, dynamic sampling"),
     "pepo_d": ("dapo", 0.28, True, True, "pepo",
                "DAPO preset here: loss dapo, clip-higher 0.28, overlong filtering, dynamic sampling"),
+    "papo_g": ("grpo", 0.2, False, False, None, "Loss grpo, no dynamic sampling, no overlong filtering."),
+    "papo_d": ("dapo", 0.28, True, True, None,
+               "DAPO preset here: loss dapo, clip-higher 0.28, overlong filtering, dynamic sampling"),
+    "vppo": ("dapo", 0.28, True, True, None,
+             "DAPO preset here: loss dapo, clip-higher 0.28, overlong filtering, dynamic sampling"),
     "pepo_d_release": ("bnpo", 0.2, True, True, "pepo",
                        "loss bnpo, dynamic sampling, overlong filtering, no clip-higher (epsilon_high = epsilon = 0.2)"),
 }
+#: method -> (beta, what the header says about it) where the method's public scripts set their own KL
+RESOLVED_BETA = {"papo_g": (0.01, "KL to the reference 0.01"), "papo_d": (0.0, "no KL to the reference"),
+                 "vppo": (0.0, "no KL to the reference")}
 #: task -> (beta, gate_alpha, learning rate), as each task's header states them
 RESOLVED_TASK = {
     "geometry3k": (0.001, 0.05, 1e-6), "refcoco": (0.001, 0.05, 1e-6), "fgvc_aircraft": (0.001, 0.02, 1e-6),
@@ -231,10 +239,13 @@ def test_recipe_resolves_to_what_its_header_says(recipe, tmp_path):
     assert args.epsilon == 0.2 and args.token_weighting == weighting
     assert args.top_entropy_quantile == (0.2 if method == "high_entropy" else 1.0)
     beta, alpha, lr = RESOLVED_TASK[task]
+    beta_says = f"beta {beta:g}"
+    if method in RESOLVED_BETA:
+        beta, beta_says = RESOLVED_BETA[method]
     if variant.group(3):  # gate-strength ablation
         alpha = float(variant.group(3))
         assert f"This variant: gate_alpha {alpha:g}" in header
-    assert f"beta {beta:g}" in header and f"gate_alpha {alpha:g}" in header
+    assert beta_says in header and f"gate_alpha {alpha:g}" in header
     assert (args.beta, args.gate_alpha, args.learning_rate) == (beta, alpha, lr)
     assert args.vision_score_type == (variant.group(4) or "cosine")
     assert args.gate_temperature == 1.8 and args.num_generations == 8 and args.temperature == 1.0
