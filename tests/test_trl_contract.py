@@ -44,7 +44,20 @@ def test_pepo_overrides_only_these_private_methods():
         name for name, value in vars(pepo.trainer.PEPOTrainer).items()
         if callable(value) and name.startswith("_") and not name.startswith("__") and hasattr(GRPOTrainer, name)
     }
-    assert own == {"_compute_loss", "_get_per_token_logps_and_entropies", "_generate_and_score_completions"}
+    assert own == {"_compute_loss", "_get_per_token_logps_and_entropies", "_generate_and_score_completions",
+                   # resume (pepo.resume): state saved with, weights loaded from, and data order of a checkpoint
+                   "_save_checkpoint", "_load_from_checkpoint", "_get_train_sampler"}
+
+
+def test_trainer_state_that_resume_saves_and_restores():
+    """PEPOTrainer's resume state names TRL / Trainer attributes; fail loudly if they are renamed."""
+    import transformers
+
+    loop = inspect.getsource(transformers.Trainer._inner_training_loop)
+    assert "self._tr_loss = torch.tensor(0.0" in loop and "self._globalstep_last_logged = self.state.global_step" in loop
+    prepare = inspect.getsource(GRPOTrainer._prepare_inputs)
+    assert "self._step % generate_every == 0 or self._buffered_inputs is None" in prepare
+    assert "self._buffered_inputs[self._step % self.args.steps_per_generation]" in prepare
 
 
 def test_generation_output_contract_for_dynamic_sampling():
