@@ -55,6 +55,17 @@ def test_pepo_overrides_only_these_private_methods():
                                     "_generate_and_score_completions"}
 
 
+def test_trainer_state_that_resume_saves_and_restores():
+    """PEPOTrainer's resume state names TRL / Trainer attributes; fail loudly if they are renamed."""
+    import transformers
+
+    loop = inspect.getsource(transformers.Trainer._inner_training_loop)
+    assert "self._tr_loss = torch.tensor(0.0" in loop and "self._globalstep_last_logged = self.state.global_step" in loop
+    prepare = inspect.getsource(GRPOTrainer._prepare_inputs)
+    assert "self._step % generate_every == 0 or self._buffered_inputs is None" in prepare
+    assert "self._buffered_inputs[self._step % self.args.steps_per_generation]" in prepare
+
+
 def test_generation_output_contract_for_dynamic_sampling():
     """Dynamic sampling reads each completion's rewards from ``_calculate_rewards`` (gathered over processes), sums
     them the way TRL does, takes this process's slice the way TRL does, and re-derives num_items_in_batch like TRL."""

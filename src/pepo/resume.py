@@ -36,6 +36,7 @@ __all__ = [
     "MARKER",
     "AUTO",
     "checkpoint_step",
+    "checkpoint_global_step",
     "is_complete_checkpoint",
     "find_resumable_checkpoint",
     "resolve_resume_checkpoint",
@@ -83,6 +84,14 @@ def is_complete_checkpoint(path: str | Path) -> bool:
     if step != state.get("global_step") or (checkpoint_step(path) not in (None, step)):
         return False
     return all((path / name).is_file() for name in marker.get("files", []))
+
+
+def checkpoint_global_step(path: str | Path) -> int:
+    """The global step a complete checkpoint was saved at (from its marker; any folder name)."""
+    marker = _read_json(Path(path) / MARKER)
+    if not isinstance(marker, dict) or not isinstance(marker.get("global_step"), int):
+        raise ValueError(f"{path}: {MARKER} is missing or unreadable; not a complete checkpoint.")
+    return marker["global_step"]
 
 
 def find_resumable_checkpoint(output_dir: str | Path) -> Path | None:

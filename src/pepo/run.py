@@ -34,7 +34,7 @@ from pepo.config import EMBEDDED, ConfigError, ScriptArguments
 from pepo.data.loading import load_data, write_data_record
 from pepo.environment import environment
 from pepo.eval.generation import generate_completions
-from pepo.resume import checkpoint_step, find_resumable_checkpoint, resolve_resume_checkpoint
+from pepo.resume import checkpoint_global_step, checkpoint_step, find_resumable_checkpoint, resolve_resume_checkpoint
 from pepo.rewards import get_reward_funcs
 from pepo.trainer import PEPOConfig, PEPOTrainer
 
@@ -239,7 +239,7 @@ def _prepare_run_folder(out: Path, script_args: ScriptArguments, training_args: 
             if changed:
                 log(f"warning: resuming with options that differ from {out / 'config.yaml'}: {', '.join(changed)}; "
                     "the run will not match an uninterrupted one.")
-        log(f"resuming from {resume} (step {checkpoint_step(resume)})")
+        log(f"resuming from {resume} (step {checkpoint_global_step(resume)})")
     else:
         if requested not in (None, "", "none"):
             log(f"no complete checkpoint in {out}; starting fresh")
@@ -427,7 +427,7 @@ def run_training(
         training_args.seed = script_args.rl_seed
     metrics_path = out / "metrics.jsonl"
     if resume is not None and is_main:
-        truncate_metrics(metrics_path, checkpoint_step(resume))
+        truncate_metrics(metrics_path, checkpoint_global_step(resume))
     trainer = PEPOTrainer(
         model=model,
         peft_config=peft_config,
@@ -460,7 +460,7 @@ def run_training(
         "before_rl": before, "after_rl": after, "warm_start_steps": ws_steps, "seconds": train_seconds,
         "method": training_args.method, "seed": seed,
         "rl_seed": training_args.seed, "environment": environment(),
-        "resumed_from_step": None if resume is None else checkpoint_step(resume)})
+        "resumed_from_step": None if resume is None else checkpoint_global_step(resume)})
     from pepo.analysis.curves import plot_run
 
     plot_run(out / "metrics.jsonl", out / "plots", title=f"{training_args.method}, {script_args.model_name_or_path}, "

@@ -27,6 +27,7 @@ How PEPO enters TRL's loss, touching as little of TRL as possible:
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import tempfile
@@ -50,6 +51,7 @@ from pepo.dynamic_sampling import concat_batches, informative_groups, select_row
 from pepo.hooks import VisualScoreCapture
 from pepo.perception_trainer import PerceptionArguments, PerceptionMixin
 from pepo.resume import (
+    MARKER,
     load_process_state,
     process_state_path,
     remove_marker,
@@ -405,7 +407,9 @@ class PEPOTrainer(PerceptionMixin, GRPOTrainer):
         return {
             "global_step": self.state.global_step,
             "trl_step": self._step,
-            "buffered_inputs": self._buffered_inputs,
+            # At a generation boundary TRL regenerates on the next step: the buffer is not needed (nor saved).
+            "buffered_inputs": None if self._step % (self.args.steps_per_generation * self.num_iterations) == 0
+            else self._buffered_inputs,
             "train_metrics": {key: list(values) for key, values in self._metrics["train"].items()},
             "tr_loss": self._tr_loss.detach().clone(),
             "globalstep_last_logged": self._globalstep_last_logged,
@@ -414,6 +418,10 @@ class PEPOTrainer(PerceptionMixin, GRPOTrainer):
         }
 
     def _restore_resume_state(self, checkpoint: str) -> None:
+        saved_by = len(json.loads((Path(checkpoint) / MARKER).read_text())["files"])
+        if saved_by != self.args.world_size:
+            raise ValueError(f"{checkpoint} was saved by {saved_by} process(es) and this run has {self.args.world_size}: "
+                             "resume with the number of processes it was saved with.")
         state = load_process_state(checkpoint, self.args.process_index, device=self.accelerator.device)
         if state["global_step"] != self.state.global_step:
             raise ValueError(f"{process_state_path(checkpoint, self.args.process_index)} is from step "
