@@ -189,8 +189,13 @@ def to_grounding_rows(
     box_convention: str = "absolute_resized",
     min_pixels: int = QWEN_MIN_PIXELS,
     max_pixels: int = QWEN_MAX_PIXELS,
+    with_images: bool = True,
 ) -> tuple[Dataset, int]:
-    """RefCOCO-style rows -> RL rows with the box in ``box_convention`` (see module doc); ``(rows, n_skipped)``."""
+    """RefCOCO-style rows -> RL rows with the box in ``box_convention`` (see module doc); ``(rows, n_skipped)``.
+
+    Without images (``with_images=False``) the original image size comes from an ``image_size`` column
+    (``[width, height]``); a row without one is an error naming it.
+    """
     check_box_convention(box_convention)
 
     def make_record(row: dict, images: list[Image.Image], where: str) -> dict:
@@ -199,7 +204,15 @@ def to_grounding_rows(
         expression = required_question(row, question_column, where)
         field_where = f"{where}, field {answer_column!r}"
         x1, y1, x2, y2 = _ground_truth_box(row[answer_column], field_where)
-        w, h = images[0].size
+        if images[0] is not None:
+            w, h = images[0].size
+        else:
+            size = row.get("image_size")
+            if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, (int, float)) and v > 0
+                                                                                 for v in size)):
+                raise DataError(f"{where}, field 'image_size': without the image, the box needs the image size "
+                                "[width, height] in an image_size column.")
+            w, h = size
         t = BOX_TOLERANCE
         if x1 < -t or y1 < -t or x2 > w + t or y2 > h + t:
             raise DataError(f"{field_where}: box {[x1, y1, x2, y2]} lies outside the {w}x{h} image.")
@@ -224,7 +237,7 @@ def to_grounding_rows(
 
     return build_rows(
         dataset, split, (image_column, question_column, answer_column), image_column, make_record,
-        image_root, skip_invalid_rows, consumed=(question_column, answer_column),
+        image_root, skip_invalid_rows, consumed=(question_column, answer_column), with_images=with_images,
     )
 
 
@@ -342,6 +355,7 @@ def to_classification_rows(
     skip_invalid_rows: bool = False,
     instruction: str | None = None,
     show_options: bool = False,
+    with_images: bool = True,
 ) -> tuple[Dataset, int]:
     """Labelled images -> RL rows whose ``answer`` is the class name; ``(rows, n_skipped)``."""
     is_class_label = isinstance(dataset.features.get(label_column), ClassLabel)
@@ -354,6 +368,7 @@ def to_classification_rows(
     return build_rows(
         dataset, split, (image_column, label_column), image_column, make_record, image_root, skip_invalid_rows,
         consumed=(label_column,), column_hint="Map yours with --image_column / --answer_column (the label).",
+        with_images=with_images,
     )
 
 
@@ -418,6 +433,7 @@ def to_multiple_choice_rows(
     image_root: str | None = None,
     skip_invalid_rows: bool = False,
     instruction: str | None = None,
+    with_images: bool = True,
 ) -> tuple[Dataset, int]:
     """Question + options rows -> RL rows with a letter ``answer`` and a ``choices`` column; ``(rows, n_skipped)``."""
 
@@ -435,6 +451,7 @@ def to_multiple_choice_rows(
         dataset, split, (image_column, question_column, answer_column, options_column), image_column, make_record,
         image_root, skip_invalid_rows, consumed=(question_column, answer_column, options_column),
         column_hint="Map yours with --image_column / --question_column / --answer_column / --options_column.",
+        with_images=with_images,
     )
 
 
@@ -452,7 +469,7 @@ def make_adapter(
     common = dict(
         image_column=args.image_column, image_root=args.image_root,
         skip_invalid_rows=getattr(args, "skip_invalid_rows", False),
-        instruction=getattr(args, "prompt_instruction", None),
+        instruction=getattr(args, "prompt_instruction", None), with_images=getattr(args, "with_images", True),
     )
     if dataset_format == "grounding":
         convention = check_box_convention(getattr(args, "box_convention", "absolute_resized"))

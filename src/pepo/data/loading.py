@@ -103,6 +103,7 @@ def build_rows(
     skip_invalid_rows: bool = False,
     consumed: Sequence[str] = (),
     column_hint: str = "Map yours with --image_column / --question_column / --answer_column.",
+    with_images: bool = True,
 ) -> tuple[Dataset, int]:
     """The per-row machinery every dataset format shares; returns ``(rows, n_skipped)``.
 
@@ -112,6 +113,10 @@ def build_rows(
     :class:`DataError` naming ``where`` and the field. With ``skip_invalid_rows`` a failing row is skipped and
     counted instead of raising. Columns neither in ``consumed`` nor holding PIL images are kept as extras
     (they reach reward functions as keyword arguments); the record's own fields win over them.
+
+    ``with_images=False`` opens no image: ``make_record`` gets one ``None`` per image reference (so the
+    prompt still has its image parts) and the row's ``images`` is ``[]``; for scoring responses generated
+    elsewhere (``pepo eval --responses``), where the images may not be on this machine.
     """
     missing = [c for c in dict.fromkeys(required) if c not in dataset.column_names]
     if missing:
@@ -128,7 +133,10 @@ def build_rows(
             raw_images = raw_images if isinstance(raw_images, list) else [raw_images]
             if not raw_images:
                 raise DataError(f"{where}, field {image_column!r}: empty image list; every row needs an image.")
-            images = [resolve_image(v, image_root, f"{where}, field {image_column!r}") for v in raw_images]
+            if with_images:
+                images = [resolve_image(v, image_root, f"{where}, field {image_column!r}") for v in raw_images]
+            else:
+                images = [None] * len(raw_images)
             record = make_record(row, images, where)
         except DataError:
             if not skip_invalid_rows:
@@ -137,7 +145,7 @@ def build_rows(
             continue
         seen.add(row_id)
         extra = {k: v for k, v in row.items() if k not in dropped and not isinstance(v, Image.Image)}
-        records.append({"id": row_id, **extra, **record, "images": images})
+        records.append({"id": row_id, **extra, **record, "images": images if with_images else []})
     if not records:
         raise DataError(f"split {split!r}: no valid rows ({skipped} skipped).")
     return Dataset.from_list(records), skipped
@@ -152,6 +160,7 @@ def to_rl_rows(
     image_root: str | None = None,
     skip_invalid_rows: bool = False,
     instruction: str | None = None,
+    with_images: bool = True,
 ) -> tuple[Dataset, int]:
     """Map a raw dataset to RL rows, validating every row (the ``generic`` dataset format).
 
@@ -169,7 +178,7 @@ def to_rl_rows(
 
     return build_rows(
         dataset, split, (image_column, question_column, answer_column), image_column, make_record,
-        image_root, skip_invalid_rows, consumed=(question_column, answer_column),
+        image_root, skip_invalid_rows, consumed=(question_column, answer_column), with_images=with_images,
     )
 
 
@@ -253,5 +262,6 @@ def load_rl_data(args: Any, seed: int = 0) -> tuple[DatasetDict, dict[str, int]]
         out[role], skipped[role] = to_rl_rows(
             data, split, args.image_column, args.question_column, args.answer_column,
             args.image_root, getattr(args, "skip_invalid_rows", False), getattr(args, "prompt_instruction", None),
+            with_images=getattr(args, "with_images", True),
         )
     return out, skipped

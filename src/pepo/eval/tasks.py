@@ -133,10 +133,11 @@ def customize_task(task: EvalTask, image_column: str | None = None, question_col
 
 def load_task_rows(task: EvalTask, dataset: str | None = None, split: str | None = None,
                    image_root: str | None = None, limit: int | None = None, num_test: int = 600,
-                   all_items: bool = False) -> Any:
+                   all_items: bool = False, with_images: bool = True) -> Any:
     """The task's evaluation rows (``id``, ``prompt``, ``images``, ``answer``, ...) via the training adapters.
 
     The task's default subset (``keep``) applies unless ``all_items``; ``limit`` then takes the first rows.
+    ``with_images=False`` opens no image (``images`` is ``[]``): for scoring responses generated elsewhere.
     """
     from pepo.data.loading import load_rl_data
 
@@ -146,7 +147,7 @@ def load_task_rows(task: EvalTask, dataset: str | None = None, split: str | None
         image_root=image_root, num_train=0, num_test=num_test, skip_invalid_rows=False,
         prompt_instruction=task.instruction, dataset_format=task.dataset_format, box_convention="absolute_resized",
         min_pixels=3136, max_pixels=12845056, k_shot=None, classification_show_options=False,
-        options_column="options", **columns,
+        options_column="options", with_images=with_images, **columns,
     )
     if args.dataset == "synthetic":
         data, _ = load_rl_data(Namespace(**{**vars(args), "num_train": 1, "test_split": "test"}))
