@@ -247,7 +247,11 @@ def plain_to_latex(text: str) -> str:
     for symbol, latex in _SYMBOLS.items():
         text = text.replace(symbol, latex)
     text = _WORD_PI.sub(r" \\pi ", text)
-    text = _roots_to_latex(text)
+    for _ in range(MAX_NESTING + 1):  # one pass per level of roots inside roots ("√(2+√3)")
+        rewritten = _roots_to_latex(text)
+        if rewritten == text:
+            break
+        text = rewritten
     return _THOUSANDS.sub(lambda m: m.group(0).replace(",", ""), text)
 
 
