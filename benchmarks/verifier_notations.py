@@ -267,7 +267,7 @@ def _latex(node, spaced: bool = False, braces: bool = True) -> str:
 
 def _wrap(node, render, *args) -> str:
     text = render(node, *args)
-    return text if _simple(node) or node[0] in ("frac",) and render is _latex else f"({text})"
+    return text if _simple(node) or node[0] == "frac" else f"({text})"
 
 
 def _plain(node, style: str) -> str:
@@ -322,9 +322,7 @@ def _plain(node, style: str) -> str:
 
 def _pwrap(node, style: str) -> str:
     text = _plain(node, style)
-    if _simple(node) or (node[0] == "mul" and style == "unicode" and node[0] != "add" and False):
-        return text
-    return f"({text})"
+    return text if _simple(node) else f"({text})"
 
 
 def _spell(sides, render: Callable[[Any], str], sep: str = ":") -> str:
