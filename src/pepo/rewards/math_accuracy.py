@@ -439,6 +439,9 @@ def _warm_up() -> None:
             if not any(isinstance(f, _SilenceNoTimeoutWarning) for f in log.filters):
                 log.addFilter(_SilenceNoTimeoutWarning())
         math_verify.verify(_parse(math_verify, "\\frac{1}{2}"), _parse(math_verify, "0.5"), timeout_seconds=None)
+        # A decimal against an irrational value costs ~1.5 s the first time (sympy's numeric machinery); paid
+        # here once, not in every forked child, where it would eat the per-item time limit.
+        math_verify.verify(_parse(math_verify, "\\pi"), _parse(math_verify, "3.14"), timeout_seconds=None)
         _warmed = True
 
 
