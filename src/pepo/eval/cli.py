@@ -136,7 +136,12 @@ def eval_main(argv: Sequence[str]) -> int:
         "output folder keeps the backend it was started with). The vLLM path is tested only against a fake "
         "vllm module (no GPU in the test environment).",
     )
-    parser.add_argument("--model", required=True, help="checkpoint directory or hub id (e.g. runs/demo/checkpoint)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="checkpoint directory or hub id (e.g. runs/demo/checkpoint)")
+    source.add_argument("--responses", metavar="FILE.jsonl",
+                        help="score outputs generated elsewhere instead of sampling a model: JSON lines "
+                        '{"id": ..., "output": "..."} (optionally "sample": k); id = the item\'s id in the dataset '
+                        "(or its 0-based row index when the file has no ids). Loads no model and opens no image")
     parser.add_argument("--task", required=True, choices=sorted(TASKS), help="benchmark")
     add_data_arguments(parser)
     parser.add_argument("--limit", type=int, help="evaluate only the first K prompts")
@@ -161,6 +166,9 @@ def eval_main(argv: Sequence[str]) -> int:
                         help="transformers: prompts per batched generate call (x num_samples rows); each sample has "
                         "its own seeded random stream, so the batch size does not change the samples")
     args = parser.parse_args(argv)
+
+    if args.responses is not None:
+        return _score_responses_main(args)
 
     from pepo.data.loading import DataError
     from pepo.eval.runner import EvalSettings, evaluate_rows, summarize
@@ -237,5 +245,57 @@ def eval_main(argv: Sequence[str]) -> int:
     (out / "summary.md").write_text(f"{table}\n\nProtocol: {task.protocol}; backend {backend} {version}, "
                                     f"T={settings.temperature}, top-p={settings.top_p}, seed {settings.seed}.\n")
     print(table)
+    print(f"\nresults: {out}")
+    return 0
+
+
+def _score_responses_main(args: argparse.Namespace) -> int:
+    """``pepo eval --responses FILE``: the task's rows without images, its scorer, the same three output files."""
+    from pepo.data.loading import DataError
+    from pepo.eval.responses import ResponsesError, read_responses, report_markdown, score_responses
+    from pepo.eval.runner import summarize
+    from pepo.data.loading import write_data_record
+    from pepo.eval.tasks import load_task_data, make_scorer
+
+    try:
+        task = task_from_args(args)
+        responses = read_responses(args.responses)
+        rows, loaded = load_task_data(task, args.dataset, args.split, args.image_root, args.limit,
+                                      all_items=args.all_items, source_format=args.source_format,
+                                      class_names=args.class_names, box_format=args.box_format, with_images=False)
+    except (DataError, ValueError) as err:  # ResponsesError is a ValueError
+        print(f"pepo: error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.output_dir or Path("runs/eval") / Path(args.responses).stem / args.task)
+    error = _backend_conflict(out, "responses")
+    if error is not None:
+        print(f"pepo: error: {error.split(';')[0]}; choose another --output_dir", file=sys.stderr)
+        return 2
+    samples, report = score_responses([dict(r) for r in rows], responses, make_scorer(task), out)
+    if samples:
+        _mark_backend(out, "responses")
+    else:
+        print(f"pepo: error: {args.responses}: no line names an item of the {args.task} rows "
+              f"({report['unknown_ids_count']} unknown ids, e.g. {report['unknown_ids'][:3]}; row ids look like "
+              f"{[str(r['id']) for r in rows.select(range(min(3, len(rows))))]}).", file=sys.stderr)
+        return 2
+    write_data_record(out, loaded)
+    n = report["samples_per_item"]["max"]
+    summary = {"task": args.task, "model": None, "responses": str(args.responses), "backend": "responses",
+               "protocol": task.protocol, "source_format": loaded.source_format, "num_samples": n,
+               **summarize(samples), "matching": report}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    table = (f"| task | prompts | avg@{n} | maj@{n} | pass@{n} |\n|---|---|---|---|---|\n"
+             f"| {args.task} | {summary['prompts']} | {summary['avg']:.2f} | {summary['maj']:.2f} | {summary['pass']:.2f} |")
+    subset = "" if args.all_items or task.keep is None else (
+        " Ids outside the task's default subset count as unknown; --all_items keeps every item.")
+    (out / "summary.md").write_text(f"{table}\n\nProtocol: {task.protocol}; responses generated elsewhere, scored "
+                                    f"with the task's scorer.{subset}\n\n{report_markdown(report)}")
+    print(table)
+    for key, label in (("unknown_ids", "unknown ids"), ("duplicate_ids", "duplicate (id, sample) lines"),
+                       ("items_without_response", "items without a response")):
+        count = report[f"{key}_count"] if key != "duplicate_ids" else report["duplicate_lines_count"]
+        if count:
+            print(f"note: {count} {label} (listed in {out / 'summary.json'})")
     print(f"\nresults: {out}")
     return 0

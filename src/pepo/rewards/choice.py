@@ -119,14 +119,30 @@ def _option(choices: Any, letter: str | None) -> str | None:
     return str(choices[index]) if 0 <= index < len(choices) else None
 
 
+def _same_text(prediction: str, gold: str) -> bool:
+    """Normalised equality where a leading article may be the class name's own word: ``the An-12`` is ``An-12``
+    (normalising drops one leading article from each side, so ``An-12`` alone would become ``12``)."""
+    ours, theirs = normalize_choice_text(prediction), normalize_choice_text(gold)
+    if not ours or not theirs:
+        return False
+    plain = " ".join(normalize_answer(_clean(gold)).translate(_PUNCTUATION).split())
+    return ours == theirs or ours == plain
+
+
+_PUNCTUATION = str.maketrans({ch: " " for ch in string.punctuation})
+
+
 def choice_match(prediction: str, gold: Any, choices: Any = None) -> bool:
     """Does the extracted prediction answer ``gold`` (a letter or an option/class text)? See module doc."""
     text = _clean(prediction)
+    gold = str(gold)
+    gold_letter = _gold_letter(gold)
+    # A class name or option text written out is right even when it looks like several letters ("F-16A/B").
+    if gold_letter is None and text and _same_text(text, gold):
+        return True
     if not text or is_ambiguous_choice(text):
         return False
     letter, option_text = _parse_letter(text)
-    gold = str(gold)
-    gold_letter = _gold_letter(gold)
     if gold_letter is not None:
         if letter is not None:
             return letter == gold_letter

@@ -6,7 +6,7 @@ import re
 import unicodedata
 from typing import Any
 
-__all__ = ["completion_text", "extract_answer", "normalize_answer", "exact_match_reward"]
+__all__ = ["completion_text", "extract_answer", "unwrap_boxed", "normalize_answer", "exact_match_reward"]
 
 _ANSWER_SPAN = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
@@ -26,10 +26,34 @@ def completion_text(completion: Any) -> str:
     return ""
 
 
+_BOX_OPEN = re.compile(r"^\\(?:boxed|fbox)\s*\{")
+_DELIMITERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
+
+
+def unwrap_boxed(text: str) -> str:
+    """The content of ``text`` when all of it is one ``\\boxed{...}`` (or ``\\fbox``), optionally inside
+    ``$..$`` / ``\\(..\\)`` / ``\\[..\\]`` and followed by a full stop; else ``text`` unchanged."""
+    body = text.strip()
+    for left, right in _DELIMITERS:
+        if body.startswith(left) and body.rstrip(".").endswith(right) and len(body) > len(left) + len(right):
+            body = body.rstrip(".")[len(left) : -len(right)].strip()
+            break
+    match = _BOX_OPEN.match(body)
+    if not match:
+        return text
+    depth = 0
+    for i in range(match.end() - 1, len(body)):
+        depth += {"{": 1, "}": -1}.get(body[i], 0)
+        if depth == 0:
+            return body[match.end() : i].strip() if not body[i + 1 :].strip(" .") else text
+    return text
+
+
 def extract_answer(text: str) -> str:
-    """The first ``<answer>...</answer>`` span if there is one, else the whole text, stripped."""
+    """The first ``<answer>...</answer>`` span if there is one, else the whole text, stripped; an answer that
+    is one ``\\boxed{...}`` (``<answer>\\boxed{B}</answer>``) gives the box's content (:func:`unwrap_boxed`)."""
     match = _ANSWER_SPAN.search(text)
-    return (match.group(1) if match else text).strip()
+    return unwrap_boxed((match.group(1) if match else text).strip())
 
 
 def normalize_answer(text: str) -> str:

@@ -50,6 +50,7 @@ we never call ``eval``), and two layers keep a hostile answer from stalling trai
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -57,6 +58,8 @@ import select
 import signal
 import threading
 import time
+import unicodedata
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Callable
 
 from pepo.rewards.choice import _clean as _clean_choice
@@ -69,6 +72,7 @@ __all__ = [
     "grade_math",
     "is_safe_math",
     "normalize_math",
+    "plain_to_latex",
     "verify_many",
     "MAX_ANSWER_CHARS",
     "MAX_NESTING",
@@ -183,19 +187,80 @@ _LEFT_RIGHT = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg)(?![A-Za-z])\s*")
 _THIN_SPACES = re.compile(r"\\[,;:! ]|~")
 _UNITS = (
     r"(?:mm|cm|dm|km|m|in|inch(?:es)?|ft|feet|foot|yd|yards?|mi|miles?|units?|met(?:er|re)s?|"
-    r"(?:centi|milli|kilo)met(?:er|re)s?)"
+    r"(?:centi|milli|kilo)met(?:er|re)s?|lit(?:er|re)s?|ml|millilit(?:er|re)s?)"
 )
 # A length/area/volume unit ending the answer ("12 cm", "12cm^2", "5\sqrt{3} \text{ units}"): math-verify
 # reads plain-text units as variables (12*c*m**2), the release's grader strips them.
 _TRAILING_UNIT = re.compile(
-    rf"(?<=[\d}}])\s*(?:\\(?:text|mathrm|mbox)\{{\s*)?(?:square\s+|sq\.?\s*|cubic\s+)?{_UNITS}\s*\}}?"
+    rf"(?:(?<=[\d}})])|(?<=\\pi))\s*(?:\\(?:text|mathrm|mbox)\{{\s*)?(?:square\s+|sq\.?\s*|cubic\s+)?{_UNITS}\s*\}}?"
     r"\s*(?:\^\s*\{?\s*[23]\s*\}?|[²³])?\s*$"
 )
 
 
+# Plain-text and Unicode math -> LaTeX (how models write answers: "21 sqrt(3)", "21√3", "10π", "60°").
+_SUPERSCRIPTS = {"²": "^2", "³": "^3", "¹": "^1"}
+_SYMBOLS = {
+    "\u2212": "-", "×": " \\cdot ", "·": " \\cdot ", "⋅": " \\cdot ", "∙": " \\cdot ", "÷": "/", "⁄": "/",
+    "π": " \\pi ", "°": "^\\circ ", "∠": "\\angle ", "≅": "\\cong ", "≤": "\\le ", "≥": "\\ge ",
+    "≠": "\\ne ", "∞": "\\infty ",
+}
+_WORD_PI = re.compile(r"(?<![A-Za-z\\])pi(?![A-Za-z])")
+_ROOT = re.compile(r"(?<![A-Za-z\\])sqrt(?![A-Za-z])\s*|√\s*|∛\s*")
+_ROOT_ARGUMENT = re.compile(r"\d+(?:\.\d+)?|[A-Za-z]|\\pi(?![A-Za-z])")
+_THOUSANDS = re.compile(r"(?<![\d.,])\d{1,3}(?:,\d{3})+(?![\d,])")
+
+
+def _roots_to_latex(text: str) -> str:
+    """``sqrt(10)``, ``sqrt 3``, ``√(10)``, ``√3``, ``∛8`` -> ``\\sqrt{10}``, ``\\sqrt{3}``, ``\\sqrt[3]{8}``.
+
+    The argument is a bracket group (its content, matched to the closing bracket), else one number,
+    letter or ``\\pi``; a root sign with no argument is left alone (and fails to parse).
+    """
+    out, i = [], 0
+    for match in _ROOT.finditer(text):
+        if match.start() < i:
+            continue
+        command = "\\sqrt[3]" if match.group(0).startswith("∛") else "\\sqrt"
+        j = match.end()
+        if j < len(text) and text[j] in "({[":
+            end = _group_end(text, j)
+            argument = text[j + 1 : end - 1] if end <= len(text) and text[end - 1] in ")}]" else None
+        else:
+            arg = _ROOT_ARGUMENT.match(text, j)
+            argument, end = (arg.group(0), arg.end()) if arg else (None, j)
+        if argument is None:
+            continue
+        out.append(text[i : match.start()] + f"{command}{{{argument}}}")
+        i = end
+    out.append(text[i:])
+    return "".join(out)
+
+
+def plain_to_latex(text: str) -> str:
+    """Plain-text / Unicode math as LaTeX: roots, pi, degree signs, operators, superscripts, thousands separators.
+
+    ``21 sqrt(3)`` -> ``21 \\sqrt{3}``, ``3√2`` -> ``3\\sqrt{2}``, ``2π/3`` -> ``2 \\pi /3``, ``60°`` ->
+    ``60^\\circ``, ``1,153`` -> ``1153``, ``y²`` -> ``y^2``; LaTeX already in the text is kept as it is.
+    """
+    for sup, power in _SUPERSCRIPTS.items():
+        text = text.replace(sup, power)
+    for symbol, latex in _SYMBOLS.items():
+        text = text.replace(symbol, latex)
+    text = _WORD_PI.sub(r" \\pi ", text)
+    for _ in range(MAX_NESTING + 1):  # one pass per level of roots inside roots ("√(2+√3)")
+        rewritten = _roots_to_latex(text)
+        if rewritten == text:
+            break
+        text = rewritten
+    return _THOUSANDS.sub(lambda m: m.group(0).replace(",", ""), text)
+
+
 def normalize_math(text: str) -> str:
-    """Release-style cleanup of (spaced) LaTeX before math-verify; returns ``$...$``-wrapped text."""
-    text = text.strip()
+    """Release-style cleanup of (spaced) LaTeX before math-verify; returns ``$...$``-wrapped text.
+
+    Plain-text and Unicode math (:func:`plain_to_latex`) is rewritten as LaTeX first.
+    """
+    text = plain_to_latex(text.strip()).strip().rstrip(".。").strip()  # "\\[g(x)=(x+4)^2-5\\]." ends a sentence
     for pair in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
         if text.startswith(pair[0]) and text.endswith(pair[1]) and len(text) > len(pair[0]) + len(pair[1]):
             text = text[len(pair[0]) : -len(pair[1])].strip()
@@ -229,8 +294,9 @@ _COMMANDS = re.compile(r"\\(?:text|mathrm|mbox)\s*\{[^{}]*\}|\\[A-Za-z]+")
 def _parse(math_verify, text: str) -> list:
     """math-verify parse of normalised ``$..$`` text; prose ("The area is 12 cm") goes raw first, where
     math-verify's own extraction finds the final number instead of reading the words as variables."""
-    attempts = [normalize_math(text), text]
-    if _PROSE.search(_COMMANDS.sub(" ", text)):
+    normalized = normalize_math(text)
+    attempts = [normalized, text]
+    if _PROSE.search(_COMMANDS.sub(" ", normalized)):  # words left after units are dropped
         attempts.reverse()
     for attempt in attempts:
         parsed = math_verify.parse(attempt, parsing_timeout=None)
@@ -239,28 +305,103 @@ def _parse(math_verify, text: str) -> list:
     return []
 
 
+# Gold answers that are statements in words or symbols ("A D and B E", "\\angle 1 \\cong \\angle 4",
+# "not enough information"): math-verify would read them as a product of symbols or take their last number
+# ("\\angle 2 \\cong \\angle 4" parses to 4), so they are compared as text with spacing removed.
+_STATEMENT_COMMANDS = re.compile(r"\\(?:angle|cong|parallel|perp|triangle|overline|odot|widehat|sim|square)(?![A-Za-z])")
+_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}(?![A-Za-z])")
+_MATH_WORDS = {"sqrt", "sin", "cos", "tan", "cot", "sec", "csc", "log", "exp", "frac"}
+# A decimal approximation, possibly with a unit or degree sign left after normalisation: "36.37", "$14.510$".
+_DECIMAL = re.compile(r"-?\d+\.(\d{2,})")
+_DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ|\s*(?:degrees?|deg)\b")
+
+
+# A named quantity before the value in a gold answer ("Area $=113.1 \\mathrm{~cm}^{2}$", MathVerse): the value is
+# the answer (a one-letter name such as "x = 8" stays an equation for math-verify, which handles it).
+_LABEL = re.compile(r"^\s*\$*\s*(?:\\mathrm\s*\{\s*)?[A-Za-z][A-Za-z.]*[A-Za-z.](?:\s+[A-Za-z.]+)*\s*\}?\s*\$*\s*=\s*\$*")
+
+
+def _is_statement(gold: str) -> bool:
+    if _STATEMENT_COMMANDS.search(gold):
+        return True
+    text = _COMMANDS.sub(" ", normalize_math(gold))  # a trailing unit ("cubic units") is not a word of the answer
+    return any(word.lower() not in _MATH_WORDS for word in _WORD.findall(text))
+
+
+def _statement_key(text: str) -> str:
+    text = plain_to_latex(unicodedata.normalize("NFKC", text)).casefold().replace("$", "")
+    return re.sub(r"\s+", "", text).rstrip(".。")
+
+
+def _decimal_places(prediction: str) -> tuple[Decimal, int] | None:
+    """(value, places) when the normalised prediction is a decimal with 2+ places, else None."""
+    text = _DEGREES.sub("", normalize_math(prediction)[1:-1]).strip()
+    match = _DECIMAL.fullmatch(text)
+    return (Decimal(text), len(match.group(1))) if match else None
+
+
+def _rounds_to(value: Any, decimal: Decimal, places: int) -> bool:
+    """Whether the real number ``value`` (a sympy expression) rounded half-up to ``places`` is ``decimal``."""
+    import sympy
+
+    if not isinstance(value, sympy.Expr) or not value.is_number or value.free_symbols:
+        return False
+    approx = sympy.N(value, 40)
+    if not approx.is_real:
+        return False
+    rounded = Decimal(str(approx)).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+    return rounded == decimal
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_gold(gold: str) -> tuple:
+    """The parse of a ground truth, kept: a group's G completions share it (in a forked grader the cache
+    lives only as long as the child)."""
+    return tuple(_parse(_math_verify(), gold))
+
+
 def grade_math(prediction: str, gold: str) -> bool:
     """Unguarded grading of one extracted prediction against one ground truth (no time limit).
 
-    Applies the input bounds, the choice-letter route and the string fallback described in the module doc.
+    Applies the input bounds, the choice-letter route and the string fallback described in the module doc,
+    and three rules math-verify lacks:
+
+    * a gold *statement* (``A D and B E``, ``\\angle 1 \\cong \\angle 4``) is compared as text, with case,
+      spacing and the Unicode ``∠``/``≅`` forms normalised;
+    * a gold *equation* whose left side is not a lone variable (``a + b = 90``) needs an equation: the bare
+      right side ``90`` is not that answer (``x = 8`` vs ``8`` stays right);
+    * a *decimal approximation* with 2+ places of an exact gold (``36.37`` for ``21\\sqrt{3}``,
+      ``0.429`` for ``\\frac{3}{7}``) is right when the gold value rounds (half up) to exactly that decimal.
     """
     prediction, gold = prediction.strip(), gold.strip()
-    if not prediction or not gold or not is_safe_math(prediction):
+    if not prediction or not gold or not is_safe_math(prediction) or not is_safe_math(plain_to_latex(prediction)):
         return False
     if _CHOICE_GOLD.fullmatch(_clean_choice(gold)):
         return choice_match(prediction, gold)
     if normalize_answer(_clean_choice(prediction)) == normalize_answer(_clean_choice(gold)):
         return True
+    gold = _LABEL.sub("", gold, count=1) or gold  # "Area $=9 \\pi \\mathrm{cm}^{2}$" -> "9 \\pi \\mathrm{cm}^{2}$"
+    if _is_statement(gold):
+        return _statement_key(prediction) == _statement_key(gold)
     if not is_safe_math(gold):
         return False
     math_verify = _math_verify()
-    gold_parsed = _parse(math_verify, gold)
+    gold_parsed = list(_parse_gold(gold))
     if not gold_parsed:
         return False
     pred_parsed = _parse(math_verify, prediction)
     if not pred_parsed:
         return False
-    return bool(math_verify.verify(gold_parsed, pred_parsed, timeout_seconds=None))
+    import sympy
+
+    truth, guess = gold_parsed[0], pred_parsed[0]
+    if isinstance(truth, sympy.Equality) and not isinstance(truth.lhs, sympy.Symbol) \
+            and not isinstance(guess, sympy.core.relational.Relational):
+        return False
+    if math_verify.verify(gold_parsed, pred_parsed, timeout_seconds=None):
+        return True
+    approximation = _decimal_places(prediction)
+    return approximation is not None and _rounds_to(truth, *approximation)
 
 
 def _safe_grade(prediction: str, gold: str) -> bool:
@@ -298,6 +439,9 @@ def _warm_up() -> None:
             if not any(isinstance(f, _SilenceNoTimeoutWarning) for f in log.filters):
                 log.addFilter(_SilenceNoTimeoutWarning())
         math_verify.verify(_parse(math_verify, "\\frac{1}{2}"), _parse(math_verify, "0.5"), timeout_seconds=None)
+        # A decimal against an irrational value costs ~1.5 s the first time (sympy's numeric machinery); paid
+        # here once, not in every forked child, where it would eat the per-item time limit.
+        math_verify.verify(_parse(math_verify, "\\pi"), _parse(math_verify, "3.14"), timeout_seconds=None)
         _warmed = True
 
 
