@@ -80,7 +80,12 @@ def test_paired_comparison_and_report(tmp_path):
     assert c["n"] == 3 and c["b_better"] == 2
     assert c["mean_diff"] == pytest.approx(5 / 3) and c["stderr"] == pytest.approx(1.45297, abs=1e-4)
     assert c["p_sign_flip"] == pytest.approx(0.5)  # |S| >= 5 in 4 of the 8 sign patterns of (2, 4, -1)
+    for name, seconds in (("grpo_s0", 0.5), ("pepo_s0", 0.6)):  # TRL's step_time: 0.5 s vs 0.6 and 0.8 s
+        lines = [{"step": 10, "step_time": seconds}, {"step": 20, "step_time": seconds + 0.2 * (name == "pepo_s0")}]
+        (tmp_path / name / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    assert study.mean_step_time(tmp_path / "pepo_s0") == pytest.approx(0.7)
     text = report(tmp_path, baseline="grpo")
+    assert "| pepo | seed | 3 | +7.7 ± 2.2 | 0 | 0.70 | 1.40x |" in text
     assert "### pepo, RL seed = seed" in text and "+1.67 ± 1.45" in text and "2/3" in text
     assert "runs that lost accuracy: 0" in text
 

@@ -33,7 +33,7 @@ from typing import Sequence
 from pepo.analysis.seeds import gain_summary, load_results, markdown_table
 from pepo.environment import environment_line
 
-__all__ = ["run_name", "paired_comparison", "report", "main"]
+__all__ = ["run_name", "paired_comparison", "mean_step_time", "report", "main"]
 
 
 def run_name(method: str, seed: int, rl_seed_offset: int) -> str:
@@ -134,6 +134,31 @@ def _group(out: Path) -> dict[tuple[str, int], list[dict]]:
     return groups
 
 
+def mean_step_time(run: str | Path) -> float | None:
+    """Mean of TRL's logged ``step_time`` (seconds per optimizer step) in a run's ``metrics.jsonl``; None if absent."""
+    path = Path(run) / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    times = [row["step_time"] for row in map(json.loads, path.read_text().splitlines()) if "step_time" in row]
+    return sum(times) / len(times) if times else None
+
+
+def _summary_table(groups: dict[tuple[str, int], list[dict]], baseline: str | None) -> list[str]:
+    lines = ["| method | RL seed | runs | mean gain ± s.e. (points) | runs that lost | s / step | vs "
+             f"{baseline or 'first'} |", "|---|---|---|---|---|---|---|"]
+    times = {key: [t for t in (mean_step_time(r["run"]) for r in rs) if t is not None] for key, rs in groups.items()}
+    for (method, offset), rs in sorted(groups.items()):
+        s = gain_summary(rs)
+        lost = sum(r["after_rl"]["overall"] < r["before_rl"]["overall"] for r in rs)
+        t = times[(method, offset)]
+        base = times.get((baseline, offset)) if baseline else None
+        step = f"{sum(t) / len(t):.2f}" if t else "n/a"
+        ratio = f"{(sum(t) / len(t)) / (sum(base) / len(base)):.2f}x" if t and base else "n/a"
+        lines.append(f"| {method} | seed{' + ' + str(offset) if offset else ''} | {s['n']} | "
+                     f"{s['mean_gain']:+.1f} ± {s['stderr']:.1f} | {lost} | {step} | {ratio} |")
+    return lines
+
+
 def report(out: Path, baseline: str | None = None) -> str:
     """The Markdown report of a study folder (see the module docstring)."""
     groups = _group(out)
@@ -142,6 +167,7 @@ def report(out: Path, baseline: str | None = None) -> str:
     lines: list[str] = []
     envs = {environment_line(r["environment"]) for rs in groups.values() for r in rs if "environment" in r}
     lines.append("Machine and versions: " + ("; ".join(sorted(envs)) if envs else "not recorded"))
+    lines += ["", "### Summary", ""] + _summary_table(groups, baseline)
     for (method, offset), rs in sorted(groups.items()):
         s = gain_summary(rs)
         losers = sum(r["after_rl"]["overall"] < r["before_rl"]["overall"] for r in rs)
