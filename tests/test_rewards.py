@@ -51,7 +51,9 @@ CASES = [
     pytest.param(accuracy_reward, T + r"<answer>\text{60}</answer>", {"answer": "60"}, 1.0, id="acc-text-wrapper"),
     pytest.param(accuracy_reward, T + r"<answer>\left( 1, 2 \right)</answer>", {"answer": "(1,2)"}, 1.0, id="acc-left-right"),
     pytest.param(accuracy_reward, T + "<answer>x = 8</answer>", {"answer": "8"}, 1.0, id="acc-equation"),
-    pytest.param(accuracy_reward, "The area is 12 cm", {"answer": "12"}, 1.0, id="acc-no-tags-prose"),
+    # no closed <answer> span: no answer (the release's QA_Accuracy rule; the answer contract)
+    pytest.param(accuracy_reward, "The area is 12 cm", {"answer": "12"}, 0.0, id="acc-no-tags-prose"),
+    pytest.param(accuracy_reward, "<answer>The area is 12 cm</answer>", {"answer": "12"}, 1.0, id="acc-span-prose"),
     pytest.param(accuracy_reward, T + r"<answer>\frac{7}{3}</answer>", {"answer": r"\frac{3}{7}"}, 0.0, id="acc-wrong-inverted-frac"),
     pytest.param(accuracy_reward, T + "<answer>61</answer>", {"answer": "60"}, 0.0, id="acc-wrong-number"),
     # a decimal with 2+ places is right when the exact gold rounds (half up) to exactly it: 5√3 = 8.6603
@@ -122,7 +124,10 @@ CASES = [
     pytest.param(choice_reward, "<answer>B) golden retriever</answer>", {"answer": "B"}, 1.0, id="ch-letter-with-text"),
     pytest.param(choice_reward, "<answer>Option B</answer>", {"answer": "B"}, 1.0, id="ch-option"),
     pytest.param(choice_reward, "<answer>answer: b</answer>", {"answer": "B"}, 1.0, id="ch-answer-colon-lowercase"),
-    pytest.param(choice_reward, "The answer is B because the ears are floppy.", {"answer": "B"}, 1.0, id="ch-sentence"),
+    pytest.param(choice_reward, "<answer>The answer is B because the ears are floppy.</answer>", {"answer": "B"}, 1.0,
+                 id="ch-sentence"),
+    pytest.param(choice_reward, "The answer is B because the ears are floppy.", {"answer": "B"}, 0.0,
+                 id="ch-sentence-untagged"),
     pytest.param(choice_reward, "<answer>C</answer>", {"answer": "B"}, 0.0, id="ch-wrong"),
     pytest.param(choice_reward, "<answer>A or B</answer>", {"answer": "B"}, 0.0, id="ch-ambiguous-or"),
     pytest.param(choice_reward, "<answer>(A), (B)</answer>", {"answer": "B"}, 0.0, id="ch-ambiguous-list"),

@@ -145,6 +145,12 @@ def eval_main(argv: Sequence[str]) -> int:
     parser.add_argument("--task", required=True, choices=sorted(TASKS), help="benchmark")
     add_data_arguments(parser)
     parser.add_argument("--limit", type=int, help="evaluate only the first K prompts")
+    parser.add_argument("--protocol", choices=["pepo", "release", "both"], default="pepo",
+                        help="how responses are judged: pepo (default: the answer contract, README 'Rewards'), release "
+                        "(the paper's release scripts' rules, for numbers comparable with the paper's table; "
+                        "geometry3k, mathvista, mathverse, logicvista; needs pip install mathruler pylatexenc), or both "
+                        "(pepo's scores, plus the release's and the list of responses where they differ and why, in "
+                        "summary.json)")
     parser.add_argument("--all_items", action="store_true",
                         help="keep every item (MathVerse: add free-form; LogicVista: add multi-letter answers)")
     parser.add_argument("--num_samples", type=int, default=8, help="N of avg@N / maj@N / pass@N (paper: 8)")
@@ -201,6 +207,11 @@ def eval_main(argv: Sequence[str]) -> int:
     if error is not None:
         print(f"pepo: error: {error}", file=sys.stderr)
         return 2
+    try:
+        scorer, release = _protocol_scorers(args.protocol, args.task, task)
+    except (ValueError, ImportError) as err:
+        print(f"pepo: error: {err}", file=sys.stderr)
+        return 2
     settings = EvalSettings(args.num_samples, args.temperature, args.top_p,
                             args.max_new_tokens or task.max_new_tokens, args.seed)
     rows = [dict(r) for r in rows]
@@ -225,24 +236,26 @@ def eval_main(argv: Sequence[str]) -> int:
             return 2
         version = getattr(generate.vllm, "__version__", "unknown")
         _mark_backend(out, backend)
-        samples = evaluate_rows(None, None, rows, make_scorer(task), out, settings, generate=generate,
+        samples = evaluate_rows(None, None, rows, scorer, out, settings, generate=generate,
                                 chunk_size=args.vllm_chunk)
     else:
         import transformers
 
         version = transformers.__version__
         _mark_backend(out, backend)
-        samples = evaluate_rows(model, processor, rows, make_scorer(task), out, settings, chunk_size=args.batch_size)
+        samples = evaluate_rows(model, processor, rows, scorer, out, settings, chunk_size=args.batch_size)
     write_data_record(out, loaded)
     summary = {"task": args.task, "model": args.model, "backend": backend, "backend_version": version,
-               "protocol": task.protocol, "source_format": loaded.source_format,
+               "protocol": _protocol_text(args.protocol, task), "scoring_protocol": args.protocol,
+               "source_format": loaded.source_format,
                "num_samples": settings.num_samples, "temperature": settings.temperature, "top_p": settings.top_p,
-               "max_new_tokens": settings.max_new_tokens, "seed": settings.seed, **summarize(samples)}
+               "max_new_tokens": settings.max_new_tokens, "seed": settings.seed, **summarize(samples),
+               **_both_protocols(args.protocol, args.task, samples, rows, release, out)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     n = settings.num_samples
     table = (f"| task | prompts | avg@{n} | maj@{n} | pass@{n} |\n|---|---|---|---|---|\n"
              f"| {args.task} | {summary['prompts']} | {summary['avg']:.2f} | {summary['maj']:.2f} | {summary['pass']:.2f} |")
-    (out / "summary.md").write_text(f"{table}\n\nProtocol: {task.protocol}; backend {backend} {version}, "
+    (out / "summary.md").write_text(f"{table}\n\nProtocol: {summary['protocol']}; backend {backend} {version}, "
                                     f"T={settings.temperature}, top-p={settings.top_p}, seed {settings.seed}.\n")
     print(table)
     print(f"\nresults: {out}")
@@ -271,7 +284,12 @@ def _score_responses_main(args: argparse.Namespace) -> int:
     if error is not None:
         print(f"pepo: error: {error.split(';')[0]}; choose another --output_dir", file=sys.stderr)
         return 2
-    samples, report = score_responses([dict(r) for r in rows], responses, make_scorer(task), out)
+    try:
+        scorer, release = _protocol_scorers(args.protocol, args.task, task)
+    except (ValueError, ImportError) as err:
+        print(f"pepo: error: {err}", file=sys.stderr)
+        return 2
+    samples, report = score_responses([dict(r) for r in rows], responses, scorer, out)
     if samples:
         _mark_backend(out, "responses")
     else:
@@ -282,14 +300,15 @@ def _score_responses_main(args: argparse.Namespace) -> int:
     write_data_record(out, loaded)
     n = report["samples_per_item"]["max"]
     summary = {"task": args.task, "model": None, "responses": str(args.responses), "backend": "responses",
-               "protocol": task.protocol, "source_format": loaded.source_format, "num_samples": n,
-               **summarize(samples), "matching": report}
+               "protocol": _protocol_text(args.protocol, task), "scoring_protocol": args.protocol,
+               "source_format": loaded.source_format, "num_samples": n, **summarize(samples), "matching": report,
+               **_both_protocols(args.protocol, args.task, samples, rows, release, out)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     table = (f"| task | prompts | avg@{n} | maj@{n} | pass@{n} |\n|---|---|---|---|---|\n"
              f"| {args.task} | {summary['prompts']} | {summary['avg']:.2f} | {summary['maj']:.2f} | {summary['pass']:.2f} |")
     subset = "" if args.all_items or task.keep is None else (
         " Ids outside the task's default subset count as unknown; --all_items keeps every item.")
-    (out / "summary.md").write_text(f"{table}\n\nProtocol: {task.protocol}; responses generated elsewhere, scored "
+    (out / "summary.md").write_text(f"{table}\n\nProtocol: {summary['protocol']}; responses generated elsewhere, scored "
                                     f"with the task's scorer.{subset}\n\n{report_markdown(report)}")
     print(table)
     for key, label in (("unknown_ids", "unknown ids"), ("duplicate_ids", "duplicate (id, sample) lines"),
@@ -299,3 +318,37 @@ def _score_responses_main(args: argparse.Namespace) -> int:
             print(f"note: {count} {label} (listed in {out / 'summary.json'})")
     print(f"\nresults: {out}")
     return 0
+
+
+def _protocol_scorers(protocol: str, name: str, task):
+    """``(scorer, release scorer or None)`` for ``--protocol``: the scorer that fills ``score``, and for ``both``
+    the release's, applied afterwards. Raises ValueError / ImportError with the fix in the message."""
+    from pepo.eval.tasks import make_scorer
+
+    if protocol == "pepo":
+        return make_scorer(task), None
+    from pepo.eval.protocols import release_scorer
+
+    release = release_scorer(name)
+    return (release, None) if protocol == "release" else (make_scorer(task), release)
+
+
+def _protocol_text(protocol: str, task) -> str:
+    release = "the paper's release scripts' rules (pepo.eval.protocols.release)"
+    return {"pepo": task.protocol, "release": release,
+            "both": f"{task.protocol}; also scored under {release}"}[protocol]
+
+
+def _both_protocols(protocol: str, name: str, samples: dict, rows, release, out: Path) -> dict:
+    """For ``--protocol both``: ``{"release": avg/maj/pass, "protocol_differences": [...]}`` and
+    ``out/samples_release.jsonl``; ``{}`` otherwise."""
+    if protocol != "both":
+        return {}
+    from pepo.eval.protocols.compare import differences, release_samples
+    from pepo.eval.runner import summarize
+
+    by_id = {str(r["id"]): dict(r) for r in rows}
+    theirs = release_samples(samples, by_id, release)
+    (out / "samples_release.jsonl").write_text("".join(json.dumps(r) + "\n" for v in theirs.values() for r in v))
+    found = differences(name, samples, theirs, by_id)
+    return {"release": summarize(theirs), "protocol_differences_count": len(found), "protocol_differences": found}

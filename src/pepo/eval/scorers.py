@@ -1,11 +1,14 @@
 """Benchmark-specific answer scoring (rule-based; no LLM judge). Each returns (score in {0, 1}, extracted).
 
-* MathVista: multiple-choice answers are mapped to an option (a letter, or the option text closest
-  to the prediction); free-form answers are compared by the item's ``answer_type`` (integer, float
-  rounded to ``precision``, text, list).
-* MathVerse: multiple-choice items by letter; free-form items with the math verifier.
-* LogicVista: answers are one or more letters; a prediction is correct when its set of letters
-  equals the ground truth's.
+All read the answer through the answer contract (:mod:`pepo.rewards.answer`): the first closed ``<answer>`` span
+outside the thinking, nothing else; several candidates (``60 or 62``, ``1 2``, ``B or C``) answer nothing.
+
+* MathVista: multiple-choice answers name an option (a letter in any case, the option's text, a letter and
+  the text agreeing, else the option text closest to the prediction); free-form answers are compared by the
+  item's ``answer_type`` (one integer, one float rounded to ``precision``, text, list).
+* MathVerse: multiple-choice items by option (letter or option text; the options come from the row's
+  ``choices``, which the MathVerse reader parses from the question); free-form items with the math verifier.
+* LogicVista: answers are one or more letters (any case); the predicted set must equal the ground truth's.
 """
 
 from __future__ import annotations
@@ -15,19 +18,22 @@ import difflib
 import re
 from typing import Any
 
+from pepo.data.readers.benchmarks import mathverse_choices as question_choices
 from pepo.rewards import REWARDS
-from pepo.rewards.choice import parse_choice_letter
+from pepo.rewards.answer import LETTERS, read_choice, read_letters, several_candidates
 from pepo.rewards.exact_match import completion_text, extract_answer, normalize_answer
 
-__all__ = ["LETTERS", "letters_in", "question_choices", "mathvista_score", "mathverse_score", "logicvista_score"]
+__all__ = ["LETTERS", "letters_in", "question_choices", "row_choices", "mathvista_score", "mathverse_score",
+           "logicvista_score"]
 
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _LETTER_TOKEN = re.compile(r"(?<![A-Za-z])\(?([A-Z])\)?(?![A-Za-z])")
-_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
+_NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?")
+_MARKER = re.compile(r"\s*[(\[]?[A-Za-z][)\].:]")
 
 
 def letters_in(text: str) -> list[str]:
-    """Option letters named in ``text`` (``B``, ``(B)``, ``A, C``), in order, without repeats."""
+    """Option letters named in ``text`` (``B``, ``(B)``, ``A, C``), in order, without repeats (used to tell
+    single-letter items from several-letter ones; predictions are read with :func:`read_choice`)."""
     seen: list[str] = []
     for letter in _LETTER_TOKEN.findall(text):
         if letter not in seen:
@@ -39,54 +45,22 @@ def _prediction(completion: Any) -> str:
     return extract_answer(completion_text(completion))
 
 
-def _first_number(text: str) -> float | None:
-    match = _NUMBER.search(text.replace(" ", ""))
-    return float(match.group().replace(",", "")) if match else None
+def _one_number(text: str) -> float | None:
+    """The value when the text holds exactly one number (``1,153`` is one; ``1 2`` and ``60 or 62`` are two)."""
+    numbers = _NUMBER.findall(text)
+    return float(numbers[0].replace(",", "")) if len(numbers) == 1 else None
 
 
-_LEADING_MARKER = re.compile(r"\(?([A-Z])[).:]\s*(\S.*)", re.DOTALL)
-
-
-def _marked_option(pred: str, choices: list[str]) -> int | None:
-    """Index of the option a prediction names as ``(B) option text`` / ``B. option text`` (letter and text agree)."""
-    match = _LEADING_MARKER.fullmatch(pred.strip())
-    if not match:
-        return None
-    index = LETTERS.index(match.group(1))
-    if index < len(choices) and normalize_answer(match.group(2)) == normalize_answer(choices[index]):
+def _chosen_option(pred: str, choices: list[str]) -> int | None:
+    """The option a MathVista prediction names (:func:`read_choice`), else, for a prediction that is no letter
+    form, the closest option text (similarity >= 0.5, MathVista's own fallback when no letter is given)."""
+    index = read_choice(pred, choices)
+    if index is not None or not pred.strip() or several_candidates(pred) or _MARKER.match(pred):
         return index
-    return None
-
-
-def _chosen_option(pred: str, choices: list[str]) -> str | None:
-    """The option a prediction names, tried in this order: its exact text (case and all: MathVista has options
-    such as ``(b)``), ``(B) text`` with letter and text agreeing, a letter form alone (``B``, ``(B)``, ``B.``,
-    ``The answer is B``), the option text up to case and spacing, a single letter token, else the closest
-    option text (similarity >= 0.5, MathVista's own fallback when no letter is given); None when none applies."""
-    stripped = pred.strip()
-    for choice in choices:
-        if choice.strip() == stripped:
-            return choice
-    marked = _marked_option(pred, choices)
-    if marked is not None:
-        return choices[marked]
-    letter = parse_choice_letter(pred)
-    if letter is not None:
-        index = LETTERS.index(letter)
-        return choices[index] if index < len(choices) else None
     normalized = normalize_answer(pred)
-    for choice in choices:
-        if normalize_answer(choice) == normalized:
-            return choice
-    letters = letters_in(pred)
-    if len(letters) == 1:
-        index = LETTERS.index(letters[0])
-        return choices[index] if index < len(choices) else None
-    if letters:  # several letters: ambiguous
-        return None
     ratio = lambda c: difflib.SequenceMatcher(None, normalized, normalize_answer(c)).ratio()  # noqa: E731
-    best = max(choices, key=ratio)
-    return best if ratio(best) >= 0.5 else None
+    best = max(range(len(choices)), key=lambda i: ratio(choices[i]))
+    return best if ratio(choices[best]) >= 0.5 else None
 
 
 def mathvista_score(completion: Any, row: dict) -> tuple[float, str]:
@@ -96,13 +70,14 @@ def mathvista_score(completion: Any, row: dict) -> tuple[float, str]:
     answer = str(row["answer"])
     choices = row.get("choices") or []
     if row.get("question_type") == "multi_choice" and choices:
-        chosen = _chosen_option(pred, [str(c) for c in choices])
+        options = [str(c) for c in choices]
+        chosen = _chosen_option(pred, options)
         if chosen is None:
             return 0.0, pred
-        return float(normalize_answer(chosen) == normalize_answer(answer)), chosen
+        return float(normalize_answer(options[chosen]) == normalize_answer(answer)), options[chosen]
     kind = row.get("answer_type", "text")
     if kind in ("integer", "float"):
-        value, truth = _first_number(pred), _first_number(answer)
+        value, truth = _one_number(pred), _one_number(answer)
         if value is None or truth is None:
             return 0.0, pred
         if kind == "integer":
@@ -115,64 +90,77 @@ def mathvista_score(completion: Any, row: dict) -> tuple[float, str]:
         except (ValueError, SyntaxError, MemoryError, RecursionError):  # literal_eval never executes code
             return 0.0, pred
         return float(list(got) == list(want)) if isinstance(got, (list, tuple)) else 0.0, pred
-    return float(normalize_answer(pred) == normalize_answer(answer)), normalize_answer(pred)
+    return float(bool(pred) and normalize_answer(pred) == normalize_answer(answer)), normalize_answer(pred)
 
 
-_CHOICES_HEAD = re.compile(r"\bChoices?\s*:\s*\n")
-_CHOICE_LINE = re.compile(r"([A-H])\s*[:.]\s*(.*?)\s*")
+def row_choices(row: dict) -> list[str]:
+    """A MathVerse row's options, A first: its ``choices`` column (the reader fills it from a ``choices`` field
+    or from the question), else parsed from ``question`` or from the prompt's text (hub rows)."""
+    choices = row.get("choices")
+    if isinstance(choices, (list, tuple)) and choices:
+        return [str(c) for c in choices]
+    found = question_choices(str(row.get("question") or ""))
+    if not found and isinstance(row.get("prompt"), list):
+        texts = [part.get("text") or "" for message in row["prompt"] if isinstance(message, dict)
+                 for part in (message.get("content") if isinstance(message.get("content"), list) else [])
+                 if isinstance(part, dict)]
+        found = question_choices("\n".join(texts))
+    return found
 
 
-def question_choices(question: str) -> list[str]:
-    """The options MathVerse writes inside its question (``Choices:\\nA:40°\\nB:60°``, ``Choice:\\nA. True``),
-    A first; a line that starts no new option continues the previous one. ``[]`` when there are none."""
-    head = _CHOICES_HEAD.search(question)
-    options: list[str] = []
-    for line in question[head.end():].splitlines() if head else []:
-        match = _CHOICE_LINE.fullmatch(line.strip())
-        if match and match.group(1) == LETTERS[len(options)]:
-            options.append(match.group(2))
-        elif options:
-            options[-1] = f"{options[-1]} {line.strip()}".strip()
-    return options
-
-
-def _named_letters(pred: str, choices: list[str]) -> list[str]:
-    """The letters a prediction names: an option's exact text first (``090^\\circ T`` holds no letter), else
-    its letters."""
-    normalized = normalize_answer(pred)
-    for i, choice in enumerate(choices):
-        if choice and normalize_answer(choice) == normalized:
-            return [LETTERS[i]]
-    marked = _marked_option(pred, choices)
-    return [LETTERS[marked]] if marked is not None else letters_in(pred)
+def _gold_options(answer: str, choices: list[str]) -> set[int] | None:
+    """The option(s) a MathVerse ground truth names: letters (``D``, ``(C)``, ``A\\nC``) or an option's text
+    (``False``, ``090^\\circ T``); None when it names none."""
+    for i, option in enumerate(choices):
+        if normalize_answer(option) == normalize_answer(answer):
+            return {i}
+    letters = read_letters(answer)
+    return {LETTERS.index(x) for x in letters} if letters else None
 
 
 def mathverse_score(completion: Any, row: dict) -> tuple[float, str]:
     """MathVerse testmini: ``question_type`` multi-choice or free-form (math verifier).
 
-    Multiple choice: the predicted letters (or the option text, the options being read from ``question``)
-    must equal the answer's as a set: one letter for most items, ``A\\nC`` for a few. The answer may be a
-    letter, ``(C)``, or the option text itself (``False``, ``090^\\circ T``).
+    Multiple choice: the predicted option (a letter in any case, ``(B) text`` with letter and text agreeing, or
+    the option's text; :func:`row_choices` gives the options) must be the answer's; for the few several-letter
+    answers (``A\\nC``) the predicted letter set must equal it. The answer may be a letter, ``(C)``, or the
+    option's text itself (``False``, ``090^\\circ T``).
     """
     pred = _prediction(completion)
     if str(row.get("question_type", "")).startswith("multi"):
-        choices = question_choices(str(row.get("question", "")))
-        letters = _named_letters(pred, choices)
-        truth = _named_letters(str(row["answer"]).strip(), choices)
-        return float(bool(letters) and set(letters) == set(truth)), "".join(letters)
+        answer = str(row["answer"]).strip()
+        choices = row_choices(row)
+        truth = _gold_options(answer, choices)
+        if truth is None:  # a ground truth that names no option: its text must be given
+            return float(bool(pred) and normalize_answer(pred) == normalize_answer(answer)), pred
+        if len(truth) > 1:
+            letters = read_letters(pred)
+            got = {LETTERS.index(x) for x in letters} if letters else set()
+        else:
+            index = read_choice(pred, choices)
+            got = {index} if index is not None else set()
+        return float(bool(got) and got == truth), "".join(LETTERS[i] for i in sorted(got))
     answer = str(row["answer"]).replace("掳", "°")  # a mis-decoded degree sign in the published file ("118掳T")
     score = REWARDS["accuracy"](completions=[completion], answer=[answer])[0]
     return float(score), normalize_answer(pred)
 
 
-_DIGIT_LABEL = re.compile(r"(?<![\d.])\(?([1-9])\)?(?!\d|\.\d)")
+_DIGIT_LABEL = re.compile(r"[(\[]?([1-9])[)\]]?\.?")
 
 
 def logicvista_score(completion: Any, row: dict) -> tuple[float, str]:
-    """LogicVista: the set of predicted labels equals the ground truth's (one letter for most items; a set such as
-    ``A, C`` for a few; a number such as ``3`` where the options are numbered, "Select from 1-5")."""
-    answer = str(row["answer"]).upper()
-    labels = letters_in if letters_in(answer) else (lambda text: _DIGIT_LABEL.findall(text))
-    pred = set(labels(_prediction(completion)))
-    truth = set(labels(answer))
-    return float(bool(pred) and pred == truth), "".join(sorted(pred))
+    """LogicVista: the predicted labels equal the ground truth's: one letter (any case, ``(c)``, ``C.``) for most
+    items; a set such as ``A, C`` for a few; a number such as ``3`` where the options are numbered."""
+    answer = str(row["answer"]).strip()
+    pred = _prediction(completion)
+    digit = _DIGIT_LABEL.fullmatch(answer)
+    if digit:
+        got = _DIGIT_LABEL.fullmatch(pred.strip())
+        return float(bool(got) and got.group(1) == digit.group(1)), got.group(1) if got else ""
+    truth = read_letters(answer) or []
+    if len(truth) == 1:
+        index = read_choice(pred)
+        letter = LETTERS[index] if index is not None else ""
+        return float(letter == truth[0]), letter
+    letters = read_letters(pred) or []
+    return float(bool(letters) and letters == truth), "".join(letters)

@@ -1,6 +1,7 @@
 """Choice reward: multiple-choice letters and short class names (puzzles, few-shot classification).
 
-The prediction is the first ``<answer>`` span, else the whole text (:func:`extract_answer`). Then:
+The prediction is the answer contract's (:mod:`pepo.rewards.answer`): the first closed ``<answer>`` span outside the
+thinking, else nothing (0.0). Then:
 
 * **Letter forms.** After light cleaning (``$``, ``\\text{}``, ``**`` removed) and dropping a leading
   ``answer:`` / ``the answer is`` / ``option`` / ``choice`` phrase, the prediction names letter X when it is
@@ -166,6 +167,6 @@ def choice_reward(completions: list[Any], answer: list[Any], choices: list[Any] 
     rewards = []
     for i, (completion, gold) in enumerate(zip(completions, answer)):
         row_choices = per_row[i] if per_row is not None else choices
-        prediction = extract_answer(completion_text(completion))
+        prediction = extract_answer(completion_text(completion), keep_phrase=True)
         rewards.append(float(choice_match(prediction, gold, row_choices)))
     return rewards

@@ -6,10 +6,9 @@ import re
 import unicodedata
 from typing import Any
 
+from pepo.rewards.answer import read_answer
+
 __all__ = ["completion_text", "extract_answer", "unwrap_boxed", "normalize_answer", "exact_match_reward"]
-
-_ANSWER_SPAN = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-
 
 def completion_text(completion: Any) -> str:
     """Plain text of a TRL completion: a string, or a message / list of messages (the last one's content,
@@ -49,11 +48,11 @@ def unwrap_boxed(text: str) -> str:
     return text
 
 
-def extract_answer(text: str) -> str:
-    """The first ``<answer>...</answer>`` span if there is one, else the whole text, stripped; an answer that
-    is one ``\\boxed{...}`` (``<answer>\\boxed{B}</answer>``) gives the box's content (:func:`unwrap_boxed`)."""
-    match = _ANSWER_SPAN.search(text)
-    return unwrap_boxed((match.group(1) if match else text).strip())
+def extract_answer(text: str, protocol: str = "think_answer", **contract: Any) -> str:
+    """The final answer of a response under the answer contract (:mod:`pepo.rewards.answer`): the first closed
+    ``<answer>`` span outside the thinking, its box / answer phrase / full stop removed; ``""`` when there is
+    no closed span (cut off, untagged, or only thinking)."""
+    return read_answer(text, protocol, **contract)
 
 
 def normalize_answer(text: str) -> str:

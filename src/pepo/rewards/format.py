@@ -5,7 +5,7 @@ Two protocols:
 * ``"think_answer"`` (default): ``<think>...</think><answer>...</answer>``. 1.0 iff the whole text
   (leading/trailing whitespace and whitespace between the two blocks allowed) is exactly one think block
   followed by exactly one answer block, and the answer is not blank. The think block may be empty.
-* ``"boxed"``: 1.0 iff the text contains at least one ``\\boxed{...}`` whose braces balance and whose content
+* ``"boxed"``: 1.0 iff the text outside the thinking contains at least one ``\\boxed{...}`` whose braces balance and whose content
   is not blank (the rest of the text is free).
 
 **Stricter than the paper's release on purpose.** The release checks the think/answer format with an
@@ -24,40 +24,23 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from pepo.rewards.answer import PROTOCOLS, boxed_contents, strip_thinking
 from pepo.rewards.exact_match import completion_text
 
 __all__ = ["format_reward", "boxed_format_reward", "boxed_spans", "last_boxed", "PROTOCOLS"]
 
-PROTOCOLS = ("think_answer", "boxed")
 
 _THINK_ANSWER = re.compile(r"\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*", re.DOTALL)
 _TAGS = ("<think>", "</think>", "<answer>", "</answer>")
-_BOXED = re.compile(r"\\boxed\s*\{")
 
 
 def boxed_spans(text: str) -> list[str]:
     """Contents of every ``\\boxed{...}`` with balanced braces, in order (nested braces kept intact).
 
-    A ``\\boxed{`` whose braces never close is skipped. Linear in the text length.
+    A ``\\boxed{`` whose braces never close ends the scan. Linear in the text length. (The answer contract's
+    own scanner, :func:`pepo.rewards.answer.boxed_contents`.)
     """
-    spans: list[str] = []
-    pos = 0
-    while True:
-        match = _BOXED.search(text, pos)
-        if match is None:
-            return spans
-        start = match.end()
-        depth, i = 1, start
-        while i < len(text) and depth:
-            if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in "{}":
-                i += 2  # escaped brace: \{ or \} (a literal brace in the math)
-                continue
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-        if depth:  # unbalanced: nothing after it can close either
-            return spans
-        spans.append(text[start : i - 1])
-        pos = i
+    return boxed_contents(text)
 
 
 def last_boxed(text: str) -> str | None:
@@ -74,7 +57,7 @@ def _think_answer_ok(text: str) -> bool:
 
 
 def _boxed_ok(text: str) -> bool:
-    return any(span.strip() for span in boxed_spans(text))
+    return any(span.strip() for span in boxed_spans(strip_thinking(text)))  # a box in the thinking is no answer
 
 
 def format_reward(completions: list[Any], protocol: str = "think_answer", **_: Any) -> list[float]:

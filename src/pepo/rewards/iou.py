@@ -9,8 +9,8 @@ prompt) to this convention when building the dataset, including rescaling when t
 the image (ground truth must be in the resized image's pixels).
 
 **Parsing.** Ground truth: the ``answer`` column (falls back to ``solution``), a list/tuple of 4 numbers
-or a string holding one (``"[10, 20, 30, 40]"``, JSON). Prediction: the first ``<answer>`` span, else the
-whole text; the first ``[...]`` holding at least 4 numbers, of which the first 4 are used (so
+or a string holding one (``"[10, 20, 30, 40]"``, JSON). Prediction: the first closed ``<answer>`` span, else the
+text outside the thinking (the answer contract's one exception); the first ``[...]`` holding at least 4 numbers, of which the first 4 are used (so
 ``{"bbox_2d": [..], "label": "dog"}`` and ``[[..]]`` work, only the first box counts); failing that, a
 JSON-ish ``{"x1": .., "y1": .., "x2": .., "y2": ..}``.
 
@@ -171,7 +171,7 @@ def iou_reward(
     thresholds = _per_row(threshold, n, lambda v: isinstance(v, (int, float)))
     rewards = []
     for completion, gold, size, thr in zip(completions, golds, sizes, thresholds):
-        pred_box = parse_box(extract_answer(completion_text(completion)[:_MAX_TEXT]))
+        pred_box = parse_box(extract_answer(completion_text(completion)[:_MAX_TEXT], untagged="visible"))
         iou = box_iou(pred_box, parse_box(gold), _parse_size(size))
         rewards.append(float(iou >= thr) if thr is not None else float(iou))
     return rewards

@@ -1,9 +1,10 @@
 """Math accuracy reward: is the predicted final answer mathematically equal to the ground truth?
 
-**Extraction.** ``protocol="think_answer"``: the first ``<answer>`` span, else the whole text (the same
-rule as ``exact_match``, via :func:`extract_answer`; the format reward is what pays for the tags).
-``protocol="boxed"``: the content of the *last* balanced ``\\boxed{...}`` (nested braces handled); no
-box -> 0.0.
+**Extraction: the answer contract** (:mod:`pepo.rewards.answer`, shared by every reward and scorer).
+``protocol="think_answer"``: the first closed ``<answer>`` span outside the thinking; no closed span (cut
+off, untagged, thinking only) -> 0.0, as the release's ``QA_Accuracy``. ``protocol="boxed"``: the content
+of the *last* balanced ``\\boxed{...}`` outside the thinking; no box -> 0.0. An answer naming several
+candidates (``60 or 62``, ``1 2``) -> 0.0 unless it is the ground truth's own text.
 
 **Verifier: math-verify, not mathruler.** The paper's release grades with mathruler's ``grade_answer``
 (string normalisation in the style of the MATH/PRM800K graders, then a sympy equality check on the
@@ -64,8 +65,8 @@ from typing import Any, Callable
 
 from pepo.rewards.choice import _clean as _clean_choice
 from pepo.rewards.choice import choice_match
+from pepo.rewards.answer import PROTOCOLS, several_candidates
 from pepo.rewards.exact_match import completion_text, extract_answer, normalize_answer
-from pepo.rewards.format import PROTOCOLS, last_boxed
 
 __all__ = [
     "accuracy_reward",
@@ -376,6 +377,8 @@ def grade_math(prediction: str, gold: str) -> bool:
     prediction, gold = prediction.strip(), gold.strip()
     if not prediction or not gold or not is_safe_math(prediction) or not is_safe_math(plain_to_latex(prediction)):
         return False
+    if several_candidates(prediction) and normalize_answer(prediction) != normalize_answer(gold):
+        return False  # "60 or 62": a hedge answers nothing
     if _CHOICE_GOLD.fullmatch(_clean_choice(gold)):
         return choice_match(prediction, gold)
     if normalize_answer(_clean_choice(prediction)) == normalize_answer(_clean_choice(gold)):
@@ -527,9 +530,7 @@ def verify_many(pairs: list[tuple[str, str]], timeout_seconds: float | None = 2.
 
 
 def _extract(text: str, protocol: str) -> str:
-    if protocol == "boxed":
-        return last_boxed(text) or ""
-    return extract_answer(text)
+    return extract_answer(text, protocol)
 
 
 def accuracy_reward(

@@ -9,6 +9,7 @@ it), ``image`` (absolute path(s)), ``question``, ``answer`` (text), the format's
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from pepo.data.readers.base import CANONICAL, Source, as_text, image_path, read_
 from pepo.data.rows import WHERE, question_text
 
 __all__ = ["read_geometry3k_release", "read_intergps", "read_logicvista", "read_puzzlevqa", "read_mathvista",
-           "read_mathverse", "PUZZLE_KEYS"]
+           "read_mathverse", "mathverse_choices", "PUZZLE_KEYS"]
 
 #: fields of a PuzzleVQA / AlgoPuzzleVQA row
 PUZZLE_KEYS = {"image", "question", "options", "answer"}
@@ -259,11 +260,31 @@ def read_mathvista(path: Path, image_root: str | None) -> Source:
 # ----------------------------------------------------------------------------------------------- MathVerse
 
 
+_CHOICES_HEAD = re.compile(r"\bChoices?\s*:\s*\n")
+_CHOICE_LINE = re.compile(r"([A-H])\s*[:.]\s*(.*?)\s*")
+
+
+def mathverse_choices(question: str) -> list[str]:
+    """The options MathVerse writes inside its question (``Choices:\\nA:40°\\nB:60°``, ``Choice:\\nA. True``),
+    A first; a line that starts no new option continues the previous one. ``[]`` when there are none."""
+    head = _CHOICES_HEAD.search(question)
+    options: list[str] = []
+    for line in question[head.end():].splitlines() if head else []:
+        match = _CHOICE_LINE.fullmatch(line.strip())
+        if match and match.group(1) == chr(ord("A") + len(options)):
+            options.append(match.group(2))
+        elif options:
+            options[-1] = f"{options[-1]} {line.strip()}".strip()
+    return options
+
+
 def read_mathverse(path: Path, image_root: str | None) -> Source:
     """MathVerse's ``testmini.json`` / ``testmini_text_only.json``: a list of items with ``sample_index`` (the id),
     ``question`` (choices written inside it; for Vision Only items, whose question is drawn in the image, the file's
     ``query_wo`` prompt), ``question_type`` (``multi-choice`` / ``free-form``) and ``answer``
-    as published (``(C)``, ``A\\nC``, ``False``, units). ``image`` is relative to ``image_root`` (default: the
+    as published (``(C)``, ``A\\nC``, ``False``, units); ``choices`` = the options (a ``choices`` field when the
+    copy has one, else parsed from the question; None for free-form items), ``choices_source`` says which.
+    ``image`` is relative to ``image_root`` (default: the
     file's folder); Text Only items have none."""
     base = Path(image_root) if image_root else path.parent
     rows = []
@@ -275,8 +296,15 @@ def read_mathverse(path: Path, image_root: str | None) -> Source:
         if not question.strip() and item.get("problem_version") == "Vision Only":
             # the question is drawn in the image; the file's own prompt without CoT says so
             question = as_text(item.get("query_wo"))
+        # the options reach the scorer: a copy's own ``choices`` field, else those written in the question
+        field = item.get("choices")
+        if field is not None and not isinstance(field, list):
+            raise DataError(f"{where}, field 'choices': expected a list of option texts or null, got "
+                            f"{type(field).__name__}.")
+        choices = [as_text(c) for c in field] if field else mathverse_choices(question)
         rows.append({"id": as_text(item["sample_index"]), "image": image, "question": question,
                      "answer": as_text(item["answer"]), "question_type": item["question_type"],
+                     "choices": choices or None, "choices_source": "field" if field else "question",
                      "problem_index": as_text(item.get("problem_index")),
                      "problem_version": item.get("problem_version"), WHERE: loc})
     source = Source("mathverse", str(path), {"all": rows_to_dataset(rows)}, single=True,
