@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import random
 import re
 import sys
@@ -28,7 +29,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterator
 
-REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+# ../shared/realdata beside the checkout (development machines, CI); PEPO_REALDATA points elsewhere (a worktree).
+REALDATA = Path(os.environ.get("PEPO_REALDATA") or Path(__file__).resolve().parents[1].parent / "shared" / "realdata")
 
 
 @dataclass
@@ -169,15 +171,22 @@ def mathvista_items() -> Iterator[Item]:
         yield Item(pid, row, gold, wrong)
 
 
-def mathverse_items() -> Iterator[Item]:
-    from pepo.eval.scorers import question_choices
+def raw_mathverse_options(question: str) -> list[str]:
+    """MathVerse's options read straight from the published question text, independently of pepo's parser: the
+    lines ``X:text`` / ``X. text`` after the last ``Choices:`` / ``Choice:`` line (non-option lines ignored)."""
+    heads = list(re.finditer(r"^Choices?[ \t]*:[ \t]*$", question, re.M))
+    if not heads:
+        return []
+    return re.findall(r"^[ \t]*[A-H][ \t]*[:.][ \t]*(.*?)[ \t]*$", question[heads[-1].end():], re.M)
 
+
+def mathverse_items() -> Iterator[Item]:
     data = json.loads((REALDATA / "mathverse" / "testmini_text_only.json").read_text())
     for record in data:
         row = {k: record[k] for k in ("answer", "question_type", "question")}
         answer = record["answer"].strip()
         if record["question_type"] == "multi-choice":
-            options = question_choices(record["question"])
+            options = raw_mathverse_options(record["question"])
             letters = re.findall(r"(?<![A-Za-z])([A-H])(?![A-Za-z])", answer) if len(answer) <= 5 else []
             if not letters:  # the option text itself ("False", "090^\circ T")
                 letters = [_letter(i) for i, o in enumerate(options) if o.strip() == answer]

@@ -20,7 +20,8 @@ from pepo.data.readers import read_source
 from pepo.data.readers.classification import read_class_names
 from pepo.eval.tasks import TASKS, load_task_rows
 
-REAL = Path(__file__).resolve().parent.parent.parent / "shared" / "realdata"
+from tests.realdata import REALDATA as REAL
+from tests.realdata import raw_mathverse_options
 pytestmark = pytest.mark.skipif(not REAL.is_dir(), reason=f"real benchmark files not present at {REAL}")
 
 
@@ -57,11 +58,19 @@ def test_geometry3k_release_jsonl_every_item(split, n):
     path = REAL / "geometry3k" / "pepo_jsonl" / f"{split}.jsonl"
     loaded, rows = _train(path)
     assert loaded.source_format == "geometry3k_release" and len(rows) == n
-    assert len(set(rows["id"])) == n and all(i.isdigit() for i in rows["id"])
     _prompts_ok(rows, with_images=False)
     assert rows[0]["prompt"][0]["content"][1] == {"type": "image", "text": None}
+    # every value against the published lines, parsed here: id = the folder of the image, answer = solution,
+    # the prompt = the user message without its <image> marker (and the run's instruction after it)
+    raw = [json.loads(line) for line in path.read_text().splitlines()]
+    assert rows["id"] == [re.fullmatch(rf"Geometry3K/{split}/(\d+)/img_diagram\.png", r["images"][0]).group(1)
+                          for r in raw]
+    assert rows["answer"] == [r["solution"] for r in raw]
+    for row, record in zip(rows, raw):
+        text = row["prompt"][0]["content"][0]["text"]
+        assert text == record["messages"][0]["content"].replace("<image>\n", "") + "\n\nThink, then answer."
     evaluated = load_task_rows(TASKS["geometry3k"], str(path), split, with_images=False, log=None)
-    assert len(evaluated) == n and evaluated["answer"] == rows["answer"]
+    assert evaluated["answer"] == [r["solution"] for r in raw] and evaluated["id"] == rows["id"]
 
 
 def test_geometry3k_release_folder_serves_the_recipe_splits():
@@ -98,6 +107,9 @@ def test_logicvista_every_item():
     assert loaded.source_format == "logicvista" and len(rows) == 447  # 448 minus the empty v1_382
     assert "v1_382" in loaded.notes[0] and "v1_382" not in rows["id"]
     _prompts_ok(rows, with_images=False)
+    raw = {k: v for k, v in json.loads(path.read_text()).items() if v["answer"].strip()}
+    assert rows["id"] == list(raw) and rows["answer"] == [v["answer"] for v in raw.values()]
+    assert all(row["prompt"][0]["content"][0]["text"].startswith(raw[row["id"]]["question"].strip()) for row in rows)
     task = TASKS["logicvista"]
     assert len(load_task_rows(task, str(path), "test", with_images=False, log=None)) == 443  # single letters
     assert len(load_task_rows(task, str(path), "test", with_images=False, all_items=True, log=None)) == 447
@@ -145,6 +157,12 @@ def test_mathvista_testmini_every_item():
     assert loaded.source_format == "mathvista" and "query_testmini.json" in loaded.detail
     assert len(rows) == 1000 and rows["id"] == [str(i) for i in range(1, 1001)]
     _prompts_ok(rows, with_images=False)
+    raw = json.loads(path.read_text())
+    queries = json.loads((REAL / "mathvista" / "query_testmini.json").read_text())
+    assert rows["answer"] == [raw[i]["answer"] for i in rows["id"]]
+    assert rows["choices"] == [raw[i]["choices"] for i in rows["id"]]
+    assert rows["answer_type"] == [raw[i]["answer_type"] for i in rows["id"]]
+    assert all(r["prompt"][0]["content"][0]["text"].startswith(queries[r["id"]]) for r in rows)
     mc = [r for r in rows if r["question_type"] == "multi_choice"]
     assert len(mc) == 540 and all(r["answer"] in r["choices"] for r in mc)
     assert all("(A)" in r["prompt"][0]["content"][0]["text"] for r in mc)
@@ -159,6 +177,13 @@ def test_mathverse_text_only_every_item_and_the_full_format_template():
     assert loaded.source_format == "mathverse" and len(rows) == 788 and len(set(rows["id"])) == 788
     _prompts_ok(rows, with_images=False)
     assert {"(C)", "A\nC", "False", "090^\\circ T"} <= set(rows["answer"])
+    raw = json.loads(path.read_text())
+    assert rows["id"] == [r["sample_index"] for r in raw] and rows["answer"] == [r["answer"] for r in raw]
+    assert rows["question_type"] == [r["question_type"] for r in raw]
+    # the options reach the scorer: those written in the published question, read here without pepo's parser
+    assert rows["choices"] == [raw_mathverse_options(r["question"]) or None for r in raw]
+    gold_text = next(r for r in rows if r["answer"] == "090^\\circ T")
+    assert gold_text["choices"] == ["090^\\circ T", "180^\\circ T", "049^\\circ T", "041^\\circ T"]
     task = TASKS["mathverse"]
     assert len(load_task_rows(task, str(path), "testmini", with_images=False, log=None)) == 436
     assert len(load_task_rows(task, str(path), "testmini", with_images=False, all_items=True, log=None)) == 788

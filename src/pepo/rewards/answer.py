@@ -184,11 +184,9 @@ def read_choice(answer: str, choices: Sequence[Any] | None = None) -> int | None
     text = _OPTION_WORD.sub("", _clean(answer)).strip()
     if not text:
         return None
-    for i, option in enumerate(options):  # the option's own text first: "(b)" or "A" may be an option's text
-        if _same(text, option):
+    for i, option in enumerate(options):  # the option's exact text first: MathVista has options such as "(b)"
+        if text == " ".join(option.split()):
             return i
-    if several_candidates(text):
-        return None
     match = _LETTER_ALONE.fullmatch(text)
     if match:
         index = LETTERS.index(match.group(1).upper())
@@ -199,6 +197,9 @@ def read_choice(answer: str, choices: Sequence[Any] | None = None) -> int | None
         if options:
             return index if index < len(options) and _same(match.group(3), options[index]) else None
         return index  # without the options the text cannot be checked: the letter leads
+    for i, option in enumerate(options):  # the option's text up to case and spacing
+        if _same(text, option):
+            return i
     return None
 
 

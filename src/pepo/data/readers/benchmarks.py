@@ -266,14 +266,15 @@ _CHOICE_LINE = re.compile(r"([A-H])\s*[:.]\s*(.*?)\s*")
 
 def mathverse_choices(question: str) -> list[str]:
     """The options MathVerse writes inside its question (``Choices:\\nA:40°\\nB:60°``, ``Choice:\\nA. True``),
-    A first; a line that starts no new option continues the previous one. ``[]`` when there are none."""
+    A first; a line that starts no new option continues the previous one, except a bare number (testmini has two
+    stray ones, ``102`` and ``127`` after the last options of items 99 and 124). ``[]`` when there are none."""
     head = _CHOICES_HEAD.search(question)
     options: list[str] = []
     for line in question[head.end():].splitlines() if head else []:
         match = _CHOICE_LINE.fullmatch(line.strip())
         if match and match.group(1) == chr(ord("A") + len(options)):
             options.append(match.group(2))
-        elif options:
+        elif options and not line.strip().isdigit():
             options[-1] = f"{options[-1]} {line.strip()}".strip()
     return options
 
