@@ -174,6 +174,9 @@ def load_task_rows(task: EvalTask, dataset: str | None = None, split: str | None
     return load_task_data(task, dataset, split, image_root, limit, num_test, all_items, **kwargs)[0]
 
 
+_UNTAGGED_REWARDS = ("exact_match", "synthetic_accuracy", "iou", "iou50")
+
+
 def make_scorer(task: EvalTask):
     """``score(completions, row) -> (scores, extracted answers)`` with the task's reward function."""
     reward = REWARDS[task.reward]
@@ -184,7 +187,9 @@ def make_scorer(task: EvalTask):
             return [p[0] for p in pairs], [p[1] for p in pairs]
         columns = {k: [v] * len(completions) for k, v in row.items() if k not in ("prompt", "images")}
         scores = reward(completions=completions, **columns)
-        extracted = [normalize_answer(extract_answer(completion_text(c))) for c in completions]
+        untagged = "visible" if task.reward in _UNTAGGED_REWARDS else "none"  # as the reward reads it
+        contract = {"untagged": untagged, "keep_phrase": untagged == "visible"}
+        extracted = [normalize_answer(extract_answer(completion_text(c), **contract)) for c in completions]
         return [float(s) for s in scores], extracted
 
     return score

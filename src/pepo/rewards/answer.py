@@ -22,8 +22,10 @@ Then the benchmark's reading of that text (option letters, numbers, math), also 
 * **Several candidates** (:func:`several_candidates`): an answer that names two values joined by ``or``
   (``60 or 62``, ``B or C``), or two numbers side by side (``1 2``) answers nothing: 0, whatever the gold
   (unless the whole text is the gold itself, e.g. a MathVista option written with ``or``).
-* **One exception**: the IoU reward reads the text outside the thinking when there is no span (grounding models
-  answer with bare JSON boxes); a cut-off ``<answer>`` still reads nothing.
+* **The untagged exception** (``untagged="visible"``): the IoU reward (grounding models answer with bare JSON
+  boxes) and exact match (the demo's prompt asks for a bare word; equality with the *whole* text cannot be won
+  by hedging) read the text outside the thinking when the response has no ``<answer>`` tag at all; a cut-off
+  ``<answer>`` still reads nothing.
 * **Option letters** (:func:`read_choice`): ``B``, ``b``, ``(B)``, ``B.``, ``**B**``, ``Option B``,
   ``The answer is B``; a letter followed by the option's text (``(B) 60``) names B only when the text is
   B's (a letter and a text that disagree are a contradiction: no option; without the options the letter leads); the option's text alone, up to
@@ -140,8 +142,8 @@ def final_answer(span: str, keep_phrase: bool = False) -> str:
 def read_answer(text: str, protocol: str = "think_answer", untagged: str = "none", keep_phrase: bool = False) -> str:
     """:func:`final_answer` of :func:`answer_span`; ``""`` when the response has no answer.
 
-    ``untagged="visible"`` (the IoU reward only: grounding models answer with bare JSON boxes) reads the text
-    outside the thinking when there is no span; the default ``"none"`` reads nothing.
+    ``untagged="visible"`` (the IoU and exact-match rewards: module doc) reads the text outside the thinking when
+    the response has no ``<answer>`` tag; the default ``"none"`` reads nothing.
     """
     span = answer_span(text, protocol)
     if span is None and untagged == "visible":

@@ -64,12 +64,18 @@ def normalize_answer(text: str) -> str:
 def exact_match_reward(completions: list[Any], answer: list[str], **_: Any) -> list[float]:
     """1.0 when the normalised prediction equals the normalised ground truth ``answer``, else 0.0.
 
+    The prediction: the first closed ``<answer>`` span outside the thinking; a response with no ``<answer>`` tag
+    at all is its text outside the thinking (the answer contract's untagged exception; ``<answer>3`` cut off
+    scores 0).
+
     An empty prediction always scores 0; nothing is evaluated as code.
     """
     if len(completions) != len(answer):
         raise ValueError(f"{len(completions)} completions but {len(answer)} answers")
     rewards = []
     for completion, truth in zip(completions, answer):
-        pred = normalize_answer(extract_answer(completion_text(completion)))
+        # untagged text outside the thinking counts (the demo's prompt asks for a bare word): equality of the
+        # whole text cannot be won by hedging, unlike reading a number or letter out of it
+        pred = normalize_answer(extract_answer(completion_text(completion), untagged="visible", keep_phrase=True))
         rewards.append(float(bool(pred) and pred == normalize_answer(str(truth))))
     return rewards
