@@ -293,9 +293,9 @@ def score_benchmark(benchmark: str, sample: int | None = None, seed: int = 0) ->
     if sample is not None and sample < len(specs):
         specs = random.Random(seed).sample(specs, sample)
     rows = task_rows(benchmark)
-    ours, theirs = make_scorer(TASKS[benchmark]), release_scorer(benchmark)
     result = Verdicts(benchmark)
-    with patient_verifier():
+    with patient_verifier():  # before make_scorer, which looks the reward up
+        ours, theirs = make_scorer(TASKS[benchmark]), release_scorer(benchmark)
         for spec in specs:
             row = rows[spec.id]
             pairs = responses(spec)
