@@ -129,7 +129,13 @@ def reference(tmp_path_factory):
             TABLE.append(f"(uninterrupted {method} reference: {seconds:.1f} s)")
         return _REFERENCES[key]
 
-    yield get
+    return get
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fault_table():
+    """Print the table of faults fired in this session (seen with ``-s``)."""
+    yield
     if TABLE:
         print("\nfault | where | outcome | time to recover\n" + "\n".join(TABLE))
 
@@ -159,21 +165,20 @@ def _chain(out: Path, args: list[str], faults: list[str]) -> None:
             assert re.search(r"cannot write \S+", errors[0]), errors[0]
         else:
             assert rc == -signal.SIGKILL, f"{where}: the fault did not fire (rc {rc})\n{text[-3000:]}"
-        if pending is not None and pending.split(":")[0] not in ("warm_start", "pre_rl"):
+        if pending is not None and pending.startswith("plots:"):  # results.json was written: only the plots
+            assert "holds a finished run (results.json); nothing to resume" in text, text[-3000:]
+        elif pending is not None and pending.split(":")[0] not in ("warm_start", "pre_rl"):
             assert resumed, f"{where}: the run after {pending} did not resume\n{text[-3000:]}"
         _check_no_partial_file_is_complete(out, where)
         pending = fault
 
 
-#: the default chain (rotation keeps 2, as the demo recipe does): a fault of each kind that can stop a step
+#: the default chain (rotation keeps 2, as the demo recipe does); the slow chains add the other points
 DEFAULT_CHAIN = [
-    "generation:2",          # in step 3's generation (generations at steps 1, 3, 5)
-    "checkpoint_model:1",    # writing checkpoint-3: model written, optimizer not
-    "checkpoint_marker:1",   # checkpoint-3: every file written, marker not
-    "rotation:1",            # checkpoint-3 complete, checkpoint-1 being deleted
+    "checkpoint_model:3",    # writing checkpoint-3: model written, optimizer not
+    "rotation:1",            # checkpoint-3 complete, checkpoint-1 being deleted (marker already removed)
     "metrics:2",             # in the middle of step 5's metrics.jsonl line
-    "backward:2",            # step 6's backward
-    "checkpoint_state:1:enospc",  # disk full while checkpoint-6 is written
+    "checkpoint_state:2:enospc",  # disk full while checkpoint-6 is written
     "results:1",             # trained, scored, inside the write of results.json
 ]
 
@@ -196,8 +201,8 @@ def test_faults_at_set_up_and_finish_with_rotation_1_and_off(reference, tmp_path
         "pre_rl:1",              # inside the write of pre_rl.json
         "checkpoint_rng:2",      # checkpoint-2: optimizer written, RNG state and trainer_state.json not
         *(["rotation:1"] if limit else []),
-        "generation:2", "checkpoint_model:1", "checkpoint_marker:1", "metrics:1", "backward:1",
-        "checkpoint_state:2:eacces",  # the run folder turns read-only
+        "generation:2", "checkpoint_model:1", "checkpoint_marker:1", "metrics:1", "backward:2",
+        "checkpoint_state:1:eacces",  # the run folder turns read-only while checkpoint-6 is written
         "final_model:1",         # trained, before the final model is saved
         "plots:1",               # results.json written, plots not
     ]
@@ -207,6 +212,7 @@ def test_faults_at_set_up_and_finish_with_rotation_1_and_off(reference, tmp_path
     assert kept == (limit or MAX_STEPS) or (limit is None and kept >= 2), kept
 
 
+@pytest.mark.slow
 def test_sigterm_and_a_passed_on_repeat_save_a_checkpoint_then_resume_bit_identical(reference, tmp_path):
     """A scheduler's SIGTERM (repeated at once, as torchrun passes on the signal it got) saves and stops."""
     ref = reference()
@@ -234,6 +240,60 @@ def test_sigterm_and_a_passed_on_repeat_save_a_checkpoint_then_resume_bit_identi
     assert rc == 0 and f"(step {stopped})" in text, text[-3000:]
     TABLE.append(f"SIGTERM x2 | after step 2 logged | saved checkpoint-{stopped}, resumed | {seconds:.1f} s")
     _assert_equal_to_reference(out, ref, "SIGTERM")
+
+
+def _torchrun(args: list[str], log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "tests" / "fault_runner.py"), *args]
+    # Its own session, so that a signal can go to the whole job, as a terminal's Ctrl-C or a scheduler's does.
+    return subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def _signal_job_at_step(proc: subprocess.Popen, out: Path, step: int, sig: int, log: Path,
+                        replaced: int | None = None) -> None:
+    deadline = time.monotonic() + 600
+    path = out / "metrics.jsonl"
+    while True:
+        fresh = replaced is None or (path.is_file() and path.stat().st_ino != replaced)
+        if fresh and path.is_file() and any(f'"step": {step},' in line for line in path.read_text().splitlines()):
+            break
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.05)
+    os.killpg(proc.pid, sig)  # every process of the job: torchrun passes it on to the workers once more
+
+
+@pytest.mark.slow
+def test_sigterm_and_ctrl_c_under_torchrun_save_on_every_rank_and_resume_bit_identical(tmp_path):
+    args = _args(limit=2)
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    start = time.perf_counter()
+    proc = _torchrun(args + ["--output_dir", str(full)], tmp_path / "full.log")
+    assert proc.wait(timeout=900) == 0, (tmp_path / "full.log").read_text()[-3000:]
+    reference_seconds = time.perf_counter() - start
+    argv = args + ["--output_dir", str(cut), "--resume_from_checkpoint", "auto"]
+    stops = []
+    for n, (sig, at) in enumerate([(signal.SIGTERM, 2), (signal.SIGINT, 4)]):
+        log = tmp_path / f"cut{n}.log"
+        before = (cut / "metrics.jsonl").stat().st_ino if (cut / "metrics.jsonl").is_file() else None
+        proc = _torchrun(argv, log)
+        _signal_job_at_step(proc, cut, at, sig, log, replaced=before)
+        proc.wait(timeout=300)
+        text = log.read_text()
+        found = re.search(r"stopped at step (\d+), checkpoint saved to (\S+);", text)
+        assert found, text[-3000:]
+        folder = Path(found.group(2))
+        marker = json.loads((folder / MARKER).read_text())
+        assert marker["files"] == ["pepo_state_0.pt", "pepo_state_1.pt"] and is_complete_checkpoint(folder), marker
+        assert marker["config"]["processes"] == 2
+        stops.append(int(found.group(1)))
+    start = time.perf_counter()
+    proc = _torchrun(argv, tmp_path / "last.log")
+    assert proc.wait(timeout=900) == 0, (tmp_path / "last.log").read_text()[-3000:]
+    TABLE.append(f"SIGTERM, then SIGINT to the torchrun job | after steps 2 and 4 logged | saved checkpoint-{stops[0]} "
+                 f"and -{stops[1]} on both ranks, resumed | {time.perf_counter() - start:.1f} s (uninterrupted "
+                 f"2-process run {reference_seconds:.1f} s)")
+    _assert_equal_to_reference(cut, full, "torchrun")
 
 
 # --- damaged and hostile run folders --------------------------------------------------------------------------
@@ -412,7 +472,7 @@ def _eval(model: Path, out: Path, fault: str | None = None) -> tuple[int, str, f
                  "--max_new_tokens", "4", "--output_dir", str(out)], fault)
 
 
-def test_eval_killed_inside_a_write_and_inside_the_rewrite_loses_and_duplicates_nothing(reference, tmp_path):
+def test_eval_killed_inside_a_write_loses_and_duplicates_nothing(reference, tmp_path):
     model = reference() / "checkpoint"
     full, cut = tmp_path / "full", tmp_path / "cut"
     rc, text, _ = _eval(model, full)
@@ -420,14 +480,29 @@ def test_eval_killed_inside_a_write_and_inside_the_rewrite_loses_and_duplicates_
     rc, text, _ = _eval(model, cut, "eval_samples:3")  # inside the 3rd prompt's two lines
     assert rc == -signal.SIGKILL, text[-3000:]
     lines = (cut / "samples.jsonl").read_text().splitlines()
-    assert len(lines) == 5 and not lines[-1].endswith("}"), lines  # 2 prompts whole, the 3rd's first line torn
-    rc, text, seconds = _eval(model, cut, "eval_rewrite:1")  # the rerun's clean-up of the torn prompt
-    assert rc == -signal.SIGKILL, text[-3000:]
-    assert len((cut / "samples.jsonl").read_text().splitlines()) == 5  # untouched: the rewrite goes to a temp file
+    assert len(lines) == 6 and not lines[-1].endswith("}"), lines  # 2 prompts whole, the 3rd's 2nd line torn
     rc, text, seconds = _eval(model, cut)
     assert rc == 0, text[-3000:]
-    TABLE.append(f"eval_samples:3, eval_rewrite:1 | samples.jsonl | rerun completed | {seconds:.1f} s")
+    TABLE.append(f"eval_samples:3 | inside prompt 3's samples.jsonl write | rerun completed | {seconds:.1f} s")
     assert (cut / "samples.jsonl").read_text() == (full / "samples.jsonl").read_text()
     drop = {"seconds", "timing", "environment"}
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (full, cut))
     assert {k: v for k, v in sa.items() if k not in drop} == {k: v for k, v in sb.items() if k not in drop}
+
+
+def test_eval_rewrite_of_samples_failing_midway_keeps_the_complete_prompts(tmp_path, monkeypatch):
+    """A rerun first rewrites samples.jsonl without the torn prompt; that rewrite failing must lose nothing."""
+    from pepo import faults
+    from pepo.eval.runner import read_samples
+
+    path = tmp_path / "samples.jsonl"
+    whole = [{"id": p, "sample": k, "output": "x", "extracted": "x", "score": 1.0} for p in ("a", "b") for k in (0, 1)]
+    text = "".join(json.dumps(r) + "\n" for r in whole) + '{"id": "c", "sam'
+    path.write_text(text)
+    monkeypatch.setattr(faults, "_ARMED", ("eval_rewrite", 1, "enospc"))
+    monkeypatch.setattr(faults, "_hits", 0)
+    with pytest.raises(OSError, match="No space left"):
+        read_samples(path, 2)
+    assert path.read_text() == text  # nothing lost; the torn line goes on the next try
+    assert read_samples(path, 2) == {"a": whole[:2], "b": whole[2:]}
+    assert path.read_text() == "".join(json.dumps(r) + "\n" for r in whole)

@@ -477,7 +477,10 @@ class PEPOTrainer(PerceptionMixin, GRPOTrainer):
         if saved_by != self.args.world_size:
             raise ResumeError(f"{checkpoint} was saved by {saved_by} process(es) and this run has {self.args.world_size}: "
                              "resume with the number of processes it was saved with.")
-        state = load_process_state(checkpoint, self.args.process_index, device=self.accelerator.device)
+        device = self.accelerator.device
+        # torch.load cannot map to "cpu:0" (the device of a CPU process under torchrun): name plain "cpu"
+        state = load_process_state(checkpoint, self.args.process_index,
+                                   device="cpu" if device.type == "cpu" else device)
         if state["global_step"] != self.state.global_step:
             raise ResumeError(f"{process_state_path(checkpoint, self.args.process_index)} is from step "
                              f"{state['global_step']} but trainer_state.json from step {self.state.global_step}.")
