@@ -9,6 +9,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from pepo.faults import fault_write
+
 __all__ = ["JsonlMetricsCallback", "read_metrics", "truncate_metrics"]
 
 
@@ -27,7 +29,7 @@ class JsonlMetricsCallback(TrainerCallback):
             if isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)):
                 record[key] = value
         with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            fault_write(f, json.dumps(record) + "\n", "metrics")
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -35,13 +37,14 @@ def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def truncate_metrics(path: str | Path, step: int) -> int:
+def truncate_metrics(path: str | Path, step: int, keep_summary: bool = False) -> int:
     """Cut a metrics JSONL back to what was logged up to a checkpoint at ``step``; returns lines removed.
 
     The Trainer logs before it saves, so every line with ``step <= step`` was written before that
     checkpoint, except the end-of-training summary (``train_runtime``, ...), which a resumed run writes
     again. Lines after the checkpoint belong to the killed process and are logged again on resume, so
-    each step ends up in the file exactly once. The file is replaced atomically.
+    each step ends up in the file exactly once. The file is replaced atomically. ``keep_summary``: the
+    checkpoint is the last step (training had finished; a resume trains nothing and logs no summary again).
     """
     path = Path(path)
     if not path.is_file():
@@ -53,7 +56,7 @@ def truncate_metrics(path: str | Path, step: int) -> int:
             record = json.loads(line)
         except ValueError:  # the last line of a killed process may be cut short
             continue
-        if record.get("step", 0) <= step and "train_runtime" not in record:
+        if record.get("step", 0) <= step and (keep_summary or "train_runtime" not in record):
             kept.append(line)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))

@@ -134,6 +134,7 @@ class PerceptionMixin:
 
     _perception_state: dict[str, Any] | None = None
     _perception_calls: tuple[int, int] = (-1, 0)  # (global step, generation calls in that step)
+    _resume_attributes = ("_perception_calls",)  # saved with checkpoints (PEPOTrainer._resume_state): seeds masks
 
     @property
     def perception_method(self) -> str | None:

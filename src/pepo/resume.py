@@ -18,7 +18,15 @@ each checkpoint (see ``PEPOTrainer._resume_state``):
 folder) and its ``get_last_checkpoint`` takes the highest N whatever state that folder is in, so a
 process killed while saving leaves a folder that looks newest. pepo writes :data:`MARKER` last,
 atomically (temporary file + ``os.replace``), after every file of every process; a folder without a
-valid marker is never resumed from. Re-saving into an existing folder removes its marker first.
+valid marker is never resumed from. Re-saving into an existing folder removes its marker first. The marker
+records the size of every file of the folder and the options the checkpoint depends on (method, batch
+arithmetic, processes, model): a file truncated or removed later, or a checkpoint of another configuration,
+is named with the way out (:func:`checkpoint_problem`, :func:`check_compatible`) instead of being loaded.
+Rotation (:func:`rotate_checkpoints`) runs only after the new marker exists and removes an old
+checkpoint's marker before its files.
+
+Everything a run needs from its resume point (step, path) is read once, before training: rotation may
+delete that folder during the resumed run.
 """
 
 from __future__ import annotations
@@ -27,15 +35,23 @@ import json
 import os
 import re
 import shlex
+import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
+
+from pepo.faults import fault_point
 
 __all__ = [
     "MARKER",
     "AUTO",
+    "ResumeError",
     "checkpoint_step",
+    "checkpoint_problem",
+    "check_compatible",
+    "rotate_checkpoints",
+    "model_fingerprint",
     "checkpoint_global_step",
     "is_complete_checkpoint",
     "find_resumable_checkpoint",
@@ -56,6 +72,10 @@ _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 _TRAINER_STATE = "trainer_state.json"
 
 
+class ResumeError(ValueError):
+    """A checkpoint cannot be resumed from; the message names the file and the way out (one line)."""
+
+
 def checkpoint_step(path: str | Path) -> int | None:
     """The N of a ``checkpoint-N`` folder name, or None for any other name."""
     match = _CHECKPOINT_RE.match(Path(path).name)
@@ -69,21 +89,48 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def is_complete_checkpoint(path: str | Path) -> bool:
-    """True iff ``path`` holds a checkpoint whose save finished on every process.
+def _marker_problem(path: Path) -> tuple[str | None, bool]:
+    """``(problem naming the file, or None; whether a marker was there)`` for a ``checkpoint-N`` folder."""
+    marker_path = path / MARKER
+    if not marker_path.exists():
+        return f"{marker_path} is missing (the save was cut short)", False
+    marker = _read_json(marker_path)
+    if not isinstance(marker, dict) or not isinstance(marker.get("global_step"), int):
+        return f"{marker_path} is unreadable", True
+    step = marker["global_step"]
+    state = _read_json(path / _TRAINER_STATE)
+    if not isinstance(state, dict):
+        return f"{path / _TRAINER_STATE} is missing or unreadable", True
+    if step != state.get("global_step"):
+        return (f"{marker_path} says step {step} but {path / _TRAINER_STATE} says step {state.get('global_step')}",
+                True)
+    if checkpoint_step(path) not in (None, step):
+        return f"{marker_path} says step {step}, not the folder's {checkpoint_step(path)}", True
+    files = marker.get("files", [])
+    sizes = marker.get("sizes", {})
+    for name in list(files) + [n for n in sizes if n not in files]:
+        if not (path / name).is_file():
+            return f"{path / name} is missing", True
+    for name, size in sizes.items():
+        actual = (path / name).stat().st_size
+        if actual != size:
+            return f"{path / name} is {actual} bytes, {size} when the checkpoint was saved (truncated or changed)", True
+    return None, True
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why ``path`` is not a complete checkpoint (naming the file), or None when it is.
 
     Complete means: :data:`MARKER` parses and names this folder's step, ``trainer_state.json`` parses
-    with the same global step, and every per-process state file the marker lists exists.
+    with the same global step, every per-process state file the marker lists exists, and every file
+    it recorded has the size it had when the checkpoint was saved.
     """
-    path = Path(path)
-    marker = _read_json(path / MARKER)
-    state = _read_json(path / _TRAINER_STATE)
-    if not isinstance(marker, dict) or not isinstance(state, dict):
-        return False
-    step = marker.get("global_step")
-    if step != state.get("global_step") or (checkpoint_step(path) not in (None, step)):
-        return False
-    return all((path / name).is_file() for name in marker.get("files", []))
+    return _marker_problem(Path(path))[0]
+
+
+def is_complete_checkpoint(path: str | Path) -> bool:
+    """True iff ``path`` holds a checkpoint whose save finished on every process and is intact since."""
+    return checkpoint_problem(path) is None
 
 
 def checkpoint_global_step(path: str | Path) -> int:
@@ -94,49 +141,143 @@ def checkpoint_global_step(path: str | Path) -> int:
     return marker["global_step"]
 
 
-def find_resumable_checkpoint(output_dir: str | Path) -> Path | None:
-    """The complete ``checkpoint-N`` folder of ``output_dir`` with the largest N, or None."""
-    output_dir = Path(output_dir)
+def _checkpoint_folders(output_dir: Path) -> list[tuple[int, Path]]:
     if not output_dir.is_dir():
-        return None
-    candidates = sorted(
-        (checkpoint_step(p), p) for p in output_dir.iterdir() if p.is_dir() and checkpoint_step(p) is not None
-    )
-    for _, path in reversed(candidates):
-        if is_complete_checkpoint(path):
+        return []
+    return sorted((checkpoint_step(p), p) for p in output_dir.iterdir()
+                  if p.is_dir() and checkpoint_step(p) is not None)
+
+
+def find_resumable_checkpoint(output_dir: str | Path, log: Callable[[str], None] | None = None) -> Path | None:
+    """The complete ``checkpoint-N`` folder of ``output_dir`` with the largest N, or None.
+
+    ``log``: told about every newer folder passed over and why (naming the file).
+
+    Raises:
+        ResumeError: some checkpoint has a marker (its save finished) but is damaged, and none is intact:
+            resuming would silently restart from scratch.
+    """
+    damaged = []
+    for _, path in reversed(_checkpoint_folders(Path(output_dir))):
+        problem, had_marker = _marker_problem(path)
+        if problem is None:
+            if damaged and log is not None:
+                log(f"falling back to {path.name}, the newest intact checkpoint (damaged: {'; '.join(damaged)})")
             return path
+        if had_marker:
+            damaged.append(f"{path.name}: {problem}")
+        elif log is not None:
+            log(f"skipping {path.name}: {problem}")
+    if damaged:
+        raise ResumeError(f"no intact checkpoint in {output_dir} ({'; '.join(damaged)}): restore the file, or start "
+                          "fresh with another --output_dir (or delete the checkpoint folders)")
     return None
 
 
-def resolve_resume_checkpoint(value: str | bool | None, output_dir: str | Path) -> Path | None:
+def resolve_resume_checkpoint(value: str | bool | None, output_dir: str | Path,
+                              log: Callable[[str], None] | None = None) -> Path | None:
     """Turn ``--resume_from_checkpoint`` into a checkpoint folder (None: start fresh).
 
     ``auto`` / ``true`` / True pick the newest complete checkpoint of ``output_dir`` (None if there is
-    none); a path must name a complete checkpoint, else ``ValueError`` says what is missing.
+    none; ``log`` hears about damaged newer ones); a path must name a complete checkpoint, else
+    :class:`ResumeError` names the file at fault and the newest complete checkpoint next to it.
     """
     if value is None or value is False or (isinstance(value, str) and value.strip().lower() in ("", "none", "false")):
         return None
     if value is True or (isinstance(value, str) and value.strip().lower() in (AUTO, "true", "latest")):
-        return find_resumable_checkpoint(output_dir)
+        return find_resumable_checkpoint(output_dir, log)
     path = Path(value)
     if not path.is_dir():
-        raise ValueError(f"--resume_from_checkpoint {value}: no such folder (use `auto` for the newest checkpoint "
-                         f"of {output_dir}).")
-    if not is_complete_checkpoint(path):
-        newest = find_resumable_checkpoint(path.parent)
-        hint = f" The newest complete one next to it is {newest}." if newest else ""
-        raise ValueError(
-            f"--resume_from_checkpoint {value}: not a complete pepo checkpoint ({MARKER} missing or not matching "
-            f"{_TRAINER_STATE}; the process was probably killed while saving it).{hint}"
-        )
+        raise ResumeError(f"--resume_from_checkpoint {value}: no such folder (use `auto` for the newest checkpoint "
+                          f"of {output_dir}).")
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        try:
+            newest = find_resumable_checkpoint(path.parent)
+        except ResumeError:
+            newest = None
+        hint = f"; resume from {newest}, the newest complete one next to it" if newest else ""
+        raise ResumeError(f"--resume_from_checkpoint {value}: not a complete pepo checkpoint ({problem}){hint}.")
     return path
 
 
-def write_marker(folder: str | Path, global_step: int, files: Sequence[str]) -> None:
-    """Write :data:`MARKER` atomically: the folder counts as complete from this instant on."""
+def check_compatible(path: str | Path, config: dict[str, Any]) -> None:
+    """Raise :class:`ResumeError` when checkpoint ``path`` was saved with other ``config`` values than this run's.
+
+    ``config``: what the marker records (see ``PEPOTrainer._resume_fingerprint``); keys the marker lacks
+    (older checkpoints) are not compared.
+    """
+    marker = _read_json(Path(path) / MARKER) or {}
+    saved = marker.get("config") or {}
+    differ = [f"{k} {saved[k]!r} (this run: {config[k]!r})" for k in config if k in saved and saved[k] != config[k]]
+    if differ:
+        raise ResumeError(
+            f"{Path(path) / MARKER}: {Path(path).name} was saved with {', '.join(differ)}: resume with the options "
+            "(and number of processes) it was saved with, or start fresh with another --output_dir.")
+
+
+def rotate_checkpoints(run_dir: str | Path, limit: int | None, keep: Sequence[str | Path | None] = ()) -> list[Path]:
+    """Delete checkpoints older than the newest ``limit`` complete ones (``keep``: never); returns those deleted.
+
+    Run only after the newest checkpoint's marker is written. Each old folder loses its marker first, so
+    a process killed while deleting it leaves a folder that is never taken as complete.
+    """
+    if not limit or limit < 1:
+        return []
+    folders = _checkpoint_folders(Path(run_dir))
+    complete = [(step, path) for step, path in folders if is_complete_checkpoint(path)]
+    if not complete:
+        return []
+    kept = {path.resolve() for _, path in complete[-limit:]} | {Path(k).resolve() for k in keep if k}
+    newest = complete[-1][0]
+    deleted = []
+    for step, path in folders:
+        if step < newest and path.resolve() not in kept:
+            remove_marker(path)
+            fault_point("rotation", str(path))
+            shutil.rmtree(path, ignore_errors=True)
+            deleted.append(path)
+    return deleted
+
+
+def model_fingerprint(model: Any) -> str:
+    """``<model class>/<16 hex digits>``: the architecture and sizes of ``model`` (its config without paths,
+    versions, dtype or private keys), so a checkpoint of another model is recognised before it is loaded."""
+    import hashlib
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))
+                    if not str(k).startswith("_") and str(k) not in ("transformers_version", "dtype", "torch_dtype",
+                                                           "name_or_path", "architectures")}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
+
+    config = getattr(model, "config", None)
+    config = config.to_dict() if hasattr(config, "to_dict") else {}
+    name = type(model).__name__
+    digest = hashlib.sha256(json.dumps(plain(config), sort_keys=True).encode()).hexdigest()[:16]
+    return f"{name}/{digest}"
+
+
+def _file_sizes(folder: Path) -> dict[str, int]:
+    """Every file under ``folder`` (relative path -> bytes), leaving out the marker and temporary files."""
+    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != MARKER and not p.name.endswith(".tmp")}
+
+
+def write_marker(folder: str | Path, global_step: int, files: Sequence[str],
+                 config: dict[str, Any] | None = None) -> None:
+    """Write :data:`MARKER` atomically: the folder counts as complete from this instant on.
+
+    ``files``: the per-process files that must exist; the marker also records the size of every file in
+    the folder now, and ``config`` (what :func:`check_compatible` compares on resume).
+    """
     folder = Path(folder)
     tmp = folder / (MARKER + ".tmp")
-    tmp.write_text(json.dumps({"global_step": global_step, "files": list(files)}))
+    tmp.write_text(json.dumps({"global_step": global_step, "files": list(files), "sizes": _file_sizes(folder),
+                               "config": config or {}}))
     os.replace(tmp, folder / MARKER)
 
 
@@ -162,7 +303,7 @@ def load_process_state(folder: str | Path, process_index: int, device: Any = "cp
     """Load what :func:`save_process_state` wrote (``weights_only``: plain containers and tensors only)."""
     path = process_state_path(folder, process_index)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise ResumeError(
             f"{path} is missing: checkpoint {folder} was written by another number of processes or without pepo's "
             "trainer. Resume with the same number of processes it was saved with."
         )

@@ -15,6 +15,7 @@ start and the first scoring.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import importlib.util
 import json
 import os
@@ -34,7 +35,14 @@ from pepo.config import EMBEDDED, ConfigError, ScriptArguments
 from pepo.data.loading import load_data, write_data_record
 from pepo.environment import environment
 from pepo.eval.generation import generate_completions
-from pepo.resume import checkpoint_global_step, checkpoint_step, find_resumable_checkpoint, resolve_resume_checkpoint
+from pepo.faults import fault_point, fault_write
+from pepo.resume import (
+    ResumeError,
+    checkpoint_global_step,
+    checkpoint_step,
+    find_resumable_checkpoint,
+    resolve_resume_checkpoint,
+)
 from pepo.rewards import get_reward_funcs
 from pepo.trainer import PEPOConfig, PEPOTrainer
 
@@ -167,13 +175,17 @@ def save_warm_start(folder: Path, model: Any, processor: Any, steps: int, key: d
     killed while saving never leaves a folder that looks complete.
     """
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp))
     processor.save_pretrained(str(tmp))
     (tmp / "warm_start.json").write_text(json.dumps({"steps": steps, "key": key}, indent=2))
+    # Rename, do not delete in place: a process killed while deleting the old folder must not leave a
+    # folder with warm_start.json and half its weights.
     if folder.exists():
-        shutil.rmtree(folder)
+        os.replace(folder, old)
     os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_warm_start(folder: Path, key: dict[str, Any]) -> tuple[Any, Any, int] | None:
@@ -212,10 +224,30 @@ def _config_dict(script_args: ScriptArguments, training_args: PEPOConfig) -> dic
     return {**plain(script_args), **plain(training_args)}
 
 
-def _write_json_atomic(path: Path, value: Any) -> None:
+def _write_json_atomic(path: Path, value: Any, fault: str | None = None) -> None:
+    """Write ``value`` to ``path`` through a temporary file and a rename: never seen half written.
+
+    ``fault``: the :mod:`pepo.faults` point passed inside the write of the temporary file (tests).
+    """
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2))
+    with tmp.open("w") as f:
+        fault_write(f, json.dumps(value, indent=2), fault or "")
     os.replace(tmp, path)
+
+
+#: errors of a disk that is full or a folder that cannot be written: reported as one line with the way out
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def _disk_error(out: Path, err: OSError) -> ConfigError:
+    try:
+        newest = find_resumable_checkpoint(out)
+    except ResumeError:
+        newest = None
+    where = f"it continues from {newest.name}, the newest complete checkpoint" if newest else \
+        "no checkpoint was completed, so it starts from the beginning"
+    return ConfigError(f"cannot write {err.filename or out}: {err.strerror}. Free space on that disk or make "
+                       f"{out} writable, then rerun the same command with --resume_from_checkpoint auto ({where}).")
 
 
 def _prepare_run_folder(out: Path, script_args: ScriptArguments, training_args: PEPOConfig, is_main: bool,
@@ -228,7 +260,7 @@ def _prepare_run_folder(out: Path, script_args: ScriptArguments, training_args: 
     """
     requested = training_args.resume_from_checkpoint
     try:
-        resume = resolve_resume_checkpoint(requested, out)
+        resume = resolve_resume_checkpoint(requested, out, log=log)
     except ValueError as err:
         raise ConfigError(str(err)) from err
     config = _config_dict(script_args, training_args)
@@ -341,7 +373,20 @@ def run_training(
 
     With ``training_args.resume_from_checkpoint`` (``auto`` or a checkpoint folder) it continues a
     killed or interrupted run; the result equals that of an uninterrupted run (see :mod:`pepo.resume`).
+
+    Raises:
+        ConfigError: besides bad options, a checkpoint that cannot be resumed from and a disk that is full
+            or not writable, each as one line naming the file and the way out.
     """
+    try:
+        return _run_training(script_args, training_args, log)
+    except OSError as err:
+        if err.errno not in _DISK_ERRNOS:
+            raise
+        raise _disk_error(Path(training_args.output_dir), err) from err
+
+
+def _run_training(script_args: ScriptArguments, training_args: PEPOConfig, log: Callable[[str], None]) -> RunResult:
     if not torch.cuda.is_available():
         torch.set_num_threads(script_args.torch_threads)
     seed = training_args.seed
@@ -358,6 +403,8 @@ def run_training(
             str(training_args.resume_from_checkpoint).lower() in ("auto", "true", "latest"):
         done = json.loads((out / "results.json").read_text())
         log(f"{out} holds a finished run (results.json); nothing to resume.")
+        if is_main and not (out / "plots").is_dir() and (out / "metrics.jsonl").is_file():
+            _plot(out, script_args, training_args, seed)  # killed between results.json and the plots
         return RunResult(out, done.get("before_rl") or {}, done.get("after_rl"), done.get("warm_start_steps", 0),
                          done.get("seconds", 0.0))
     # Data first: a bad file stops the run before anything is written to the run folder.
@@ -383,6 +430,8 @@ def run_training(
             raise ConfigError(f"dry run found a problem: {logger_problem}")
         return RunResult(out, {}, None, 0, 0.0)
 
+    # Everything needed from the resume point is read now: rotation may delete that folder during training.
+    resume_step = None if resume is None else checkpoint_global_step(resume)
     start = time.perf_counter()
     test = data.get("test")
     pre_rl = json.loads((out / _PRE_RL).read_text()) if resume is not None and (out / _PRE_RL).is_file() else None
@@ -409,9 +458,11 @@ def run_training(
             built_in_code = script_args.model_name_or_path == EMBEDDED
             if built_in_code:  # its weights exist nowhere else; real checkpoints reload from model_name_or_path
                 model.save_pretrained(str(out / _WARM_START_DIR))
+                fault_point("warm_start", str(out / _WARM_START_DIR))
                 processor.save_pretrained(str(out / _WARM_START_DIR))
+            # pre_rl.json is written last: it is what makes warm_start/ count (a resume reuses both)
             _write_json_atomic(out / _PRE_RL, {"before_rl": before, "warm_start_steps": ws_steps,
-                                               "model": _WARM_START_DIR if built_in_code else None})
+                                               "model": _WARM_START_DIR if built_in_code else None}, fault="pre_rl")
     from pepo.models.loading import image_token_id
 
     image_token_id(model, processor, image_token=training_args.image_token)  # fails early, naming the fix
@@ -427,7 +478,7 @@ def run_training(
         training_args.seed = script_args.rl_seed
     metrics_path = out / "metrics.jsonl"
     if resume is not None and is_main:
-        truncate_metrics(metrics_path, checkpoint_global_step(resume))
+        truncate_metrics(metrics_path, resume_step, keep_summary=0 < training_args.max_steps <= resume_step)
     trainer = PEPOTrainer(
         model=model,
         peft_config=peft_config,
@@ -437,12 +488,16 @@ def run_training(
         processing_class=processor,
         callbacks=[JsonlMetricsCallback(metrics_path)],
     )
-    trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
+    try:
+        trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
+    except ResumeError as err:  # a checkpoint of another configuration, a missing process file
+        raise ConfigError(str(err)) from err
     if trainer.interrupted:
         checkpoint = out / f"checkpoint-{trainer.state.global_step}"
         return RunResult(out, before or {}, None, ws_steps, time.perf_counter() - start, interrupted=True,
                          checkpoint=checkpoint, resumed_from=resume)
     train_seconds = time.perf_counter() - start
+    fault_point("final_model", str(out / "checkpoint"))
     if script_args.use_peft:  # save a standalone model, loadable like any checkpoint
         trainer.model = trainer.model.merge_and_unload()
     trainer.save_model(str(out / "checkpoint"))
@@ -460,9 +515,19 @@ def run_training(
         "before_rl": before, "after_rl": after, "warm_start_steps": ws_steps, "seconds": train_seconds,
         "method": training_args.method, "seed": seed,
         "rl_seed": training_args.seed, "environment": environment(),
-        "resumed_from_step": None if resume is None else checkpoint_global_step(resume)})
+        "resumed_from_step": resume_step}, fault="results")
+    fault_point("plots", str(out / "plots"))
+    _plot(out, script_args, training_args, seed)
+    return result
+
+
+def _plot(out: Path, script_args: ScriptArguments, training_args: PEPOConfig, seed: int) -> None:
+    """The run's plots, drawn into a temporary folder renamed to ``plots/``: a folder there is complete."""
     from pepo.analysis.curves import plot_run
 
-    plot_run(out / "metrics.jsonl", out / "plots", title=f"{training_args.method}, {script_args.model_name_or_path}, "
+    tmp = out / ".plots.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    plot_run(out / "metrics.jsonl", tmp, title=f"{training_args.method}, {script_args.model_name_or_path}, "
              f"{script_args.dataset}, seed {seed}")
-    return result
+    shutil.rmtree(out / "plots", ignore_errors=True)
+    os.replace(tmp, out / "plots")

@@ -42,7 +42,8 @@ import torch
 from accelerate import skip_first_batches
 from accelerate.utils import is_peft_model
 from transformers import PreTrainedModel, TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.trainer_callback import TrainerState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
@@ -50,12 +51,18 @@ from trl.trainer.utils import RepeatSampler
 from pepo.dynamic_sampling import concat_batches, informative_groups, select_rows, total_rewards
 from pepo.hooks import VisualScoreCapture
 from pepo.perception_trainer import PerceptionArguments, PerceptionMixin
+from pepo.faults import fault_point
 from pepo.resume import (
     MARKER,
+    ResumeError,
+    check_compatible,
+    checkpoint_global_step,
     load_process_state,
+    model_fingerprint,
     process_state_path,
     remove_marker,
     resolve_resume_checkpoint,
+    rotate_checkpoints,
     save_process_state,
     write_marker,
 )
@@ -375,32 +382,79 @@ class PEPOTrainer(PerceptionMixin, GRPOTrainer):
         if resume_from_checkpoint not in (None, False):
             resume = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
             if resume is None:
-                raise ValueError(f"no complete checkpoint to resume from in {self.args.output_dir}.")
+                raise ResumeError(f"no complete checkpoint to resume from in {self.args.output_dir}.")
+            check_compatible(resume, self._resume_fingerprint())  # before any file of it is loaded
         self._resume_from = None if resume is None else str(resume)
         self.interrupted = False
+        if resume is not None and 0 < self.args.max_steps <= checkpoint_global_step(resume):
+            # Training had finished (a kill after the last checkpoint): transformers' loop would train one step
+            # more before it checks max_steps. Load the weights and the state, train nothing.
+            self._load_from_checkpoint(self._resume_from)
+            self.state = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))
+            return TrainOutput(self.state.global_step, 0.0, {})
         with self._ctrl_c_saves_a_checkpoint():
             return super().train(self._resume_from, *args, **kwargs)
 
+    #: a repeat of the stop signal this soon after the first is the launcher passing it on, not a second request:
+    #: torchrun forwards the SIGINT / SIGTERM it gets to every worker, which the terminal (or scheduler) has
+    #: already signalled; it then waits its shutdown timeout (30 s) before SIGKILL
+    _REPEAT_GRACE_S = 3.0
+
     @contextmanager
     def _ctrl_c_saves_a_checkpoint(self):
-        """First SIGINT: finish the step, save, stop. A second one interrupts at once (the old handler)."""
+        """First SIGINT or SIGTERM: finish the step, save, stop. A second one (after
+        ``_REPEAT_GRACE_S``) interrupts at once through the handler that was there before."""
         self._interrupt_requested = False
         if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
             yield
             return
+        first: dict[str, float] = {}
 
         def request_stop(signum, frame):
+            now = time.monotonic()
+            if "at" in first and now - first["at"] > self._REPEAT_GRACE_S:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+                handler = previous[signum]
+                if callable(handler):
+                    return handler(signum, frame)
+                signal.raise_signal(signum)  # SIG_DFL: die of it, as without pepo
+                return
+            if "at" in first:
+                return
+            first["at"] = now
             self._interrupt_requested = True
-            signal.signal(signal.SIGINT, previous)
             if self.args.process_index == 0:
-                print("\nCtrl-C: finishing this step, then saving a checkpoint and stopping "
+                name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+                print(f"\n{name}: finishing this step, then saving a checkpoint and stopping "
                       "(Ctrl-C again to stop without saving).", file=sys.stderr, flush=True)
 
-        previous = signal.signal(signal.SIGINT, request_stop)
+        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    #: attributes saved with every checkpoint and restored on resume, as they are (plain values, tuples, lists);
+    #: a mixin adds its own by defining ``_resume_attributes`` (collected over the class hierarchy)
+    _resume_attributes: tuple[str, ...] = ()
+
+    def _resume_attribute_names(self) -> list[str]:
+        names: list[str] = []
+        for cls in type(self).__mro__:
+            for name in cls.__dict__.get("_resume_attributes", ()):
+                if name not in names:
+                    names.append(name)
+        return names
+
+    def _resume_fingerprint(self) -> dict[str, Any]:
+        """What a checkpoint must share with the run resuming it (recorded in its marker, compared on resume)."""
+        args = self.args
+        return {"method": args.method, "per_device_train_batch_size": args.per_device_train_batch_size,
+                "gradient_accumulation_steps": args.gradient_accumulation_steps,
+                "num_generations": self.num_generations, "steps_per_generation": args.steps_per_generation,
+                "processes": args.world_size, "model": model_fingerprint(self.model)}
 
     def _resume_state(self) -> dict[str, Any]:
         """What this process must get back to continue exactly: see :mod:`pepo.resume`."""
@@ -415,16 +469,20 @@ class PEPOTrainer(PerceptionMixin, GRPOTrainer):
             "globalstep_last_logged": self._globalstep_last_logged,
             "extra_prompts_epoch": self._extra_prompts_epoch,
             "extra_prompts_used": None if self._extra_prompts is None else self._extra_prompts_used,
+            "attributes": {name: getattr(self, name) for name in self._resume_attribute_names()},
         }
 
     def _restore_resume_state(self, checkpoint: str) -> None:
         saved_by = len(json.loads((Path(checkpoint) / MARKER).read_text())["files"])
         if saved_by != self.args.world_size:
-            raise ValueError(f"{checkpoint} was saved by {saved_by} process(es) and this run has {self.args.world_size}: "
+            raise ResumeError(f"{checkpoint} was saved by {saved_by} process(es) and this run has {self.args.world_size}: "
                              "resume with the number of processes it was saved with.")
-        state = load_process_state(checkpoint, self.args.process_index, device=self.accelerator.device)
+        device = self.accelerator.device
+        # torch.load cannot map to "cpu:0" (the device of a CPU process under torchrun): name plain "cpu"
+        state = load_process_state(checkpoint, self.args.process_index,
+                                   device="cpu" if device.type == "cpu" else device)
         if state["global_step"] != self.state.global_step:
-            raise ValueError(f"{process_state_path(checkpoint, self.args.process_index)} is from step "
+            raise ResumeError(f"{process_state_path(checkpoint, self.args.process_index)} is from step "
                              f"{state['global_step']} but trainer_state.json from step {self.state.global_step}.")
         self._step = state["trl_step"]
         self._buffered_inputs = state["buffered_inputs"]
@@ -434,6 +492,8 @@ class PEPOTrainer(PerceptionMixin, GRPOTrainer):
         self._globalstep_last_logged = state["globalstep_last_logged"]
         self._extra_prompts_epoch = state["extra_prompts_epoch"]
         self._extra_prompts = None
+        for name, value in state.get("attributes", {}).items():
+            setattr(self, name, value)
         if state["extra_prompts_used"] is not None:
             self._reopen_extra_prompts(state["extra_prompts_used"])
 
@@ -463,13 +523,14 @@ class PEPOTrainer(PerceptionMixin, GRPOTrainer):
         finally:
             self.args.save_total_limit = limit
         folder.mkdir(parents=True, exist_ok=True)
+        fault_point("checkpoint_state", str(process_state_path(folder, self.args.process_index)))
         save_process_state(folder, self.args.process_index, self._resume_state())
-        self.accelerator.wait_for_everyone()
+        self.accelerator.wait_for_everyone()  # every process's files are there before the marker
         if self.args.should_save:
             files = [process_state_path(folder, i).name for i in range(self.args.world_size)]
-            write_marker(folder, self.state.global_step, files)
-            rotate_checkpoints(output_dir=run_dir, save_total_limit=limit,
-                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+            fault_point("checkpoint_marker", str(folder / MARKER))
+            write_marker(folder, self.state.global_step, files, config=self._resume_fingerprint())
+            rotate_checkpoints(run_dir, limit, keep=[self.state.best_model_checkpoint])
 
     def _get_train_sampler(self, dataset=None):
         sampler = super()._get_train_sampler(dataset)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pepo.eval.generation import generate_completions
+from pepo.faults import fault_write
 
 __all__ = ["EvalSettings", "Generate", "prompt_seed", "read_samples", "transformers_generate", "evaluate_rows",
            "summarize"]
@@ -68,7 +70,11 @@ def read_samples(path: Path, num_samples: int) -> dict[str, list[dict]]:
         for k, v in by_id.items()
         if sorted(r["sample"] for r in v) == list(range(num_samples))
     }
-    path.write_text("".join(json.dumps(r) + "\n" for v in complete.values() for r in v))
+    # Rewritten through a temporary file: a kill during the rewrite must not lose the complete prompts.
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        fault_write(f, "".join(json.dumps(r) + "\n" for v in complete.values() for r in v), "eval_rewrite")
+    os.replace(tmp, path)
     return complete
 
 
@@ -156,7 +162,7 @@ def evaluate_rows(
             records = [{"id": pid, "sample": k, "output": o, "extracted": e, "score": float(s)}
                        for k, (o, e, s) in enumerate(zip(outputs, extracted, scores))]
             with path.open("a") as f:
-                f.write("".join(json.dumps(r) + "\n" for r in records))  # one write per prompt
+                fault_write(f, "".join(json.dumps(r) + "\n" for r in records), "eval_samples")  # one write per prompt
             done[pid] = records
             bar.update(1)
             n_done += 1
