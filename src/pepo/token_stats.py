@@ -86,8 +86,8 @@ def weight_percentiles(rows: torch.Tensor) -> torch.Tensor:
     """
     if rows.shape[1] > _QUANTILE_SAMPLE:
         rows = rows[:, :: rows.shape[1] // _QUANTILE_SAMPLE + 1]
-    q = torch.tensor([p / 100 for p in PERCENTILES], device=rows.device, dtype=rows.dtype)
-    return torch.nanquantile(rows, q, dim=1).T
+    # Python-float q, one call each: a q tensor would be copied to the device and range-checked there (2 syncs)
+    return torch.stack([torch.nanquantile(rows, p / 100, dim=1) for p in PERCENTILES], dim=1)
 
 
 class PendingTokenStats:

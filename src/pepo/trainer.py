@@ -568,8 +568,9 @@ class PEPOTrainer(PerceptionMixin, GRPOTrainer):
     def _flush_token_stats(self) -> None:
         """Reduce the pending micro-batches' statistics into ``_metrics``; every rank calls it at the same point."""
         acc = self.accelerator
-        self._token_stats.flush(self._metrics, lambda t: acc.reduce(t, reduction="sum"),
-                                lambda t: acc.gather(acc.pad_across_processes(t, dim=1, pad_index=float("nan"))))
+        gather = (lambda t: t) if acc.num_processes == 1 else (  # padding reads sizes back: only when needed
+            lambda t: acc.gather(acc.pad_across_processes(t, dim=1, pad_index=float("nan"))))
+        self._token_stats.flush(self._metrics, lambda t: acc.reduce(t, reduction="sum"), gather)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         self._flush_token_stats()  # the one reduction (and host read) of PEPO's statistics per logging step
