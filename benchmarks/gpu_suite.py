@@ -130,7 +130,8 @@ def header(args: argparse.Namespace) -> dict:
         "kernel_shapes": {"B": args.kernel_B, "L": args.kernel_L, "V": args.kernel_V, "C": args.kernel_C,
                           "D": args.kernel_D, "dtypes": args.kernel_dtypes, "repeats": args.kernel_repeats},
         "batch": {"size": "tiny" if args.tiny else "3b", "prompts": args.prompts, "generations": args.generations,
-                  "completion_length": args.completion_length, "image_size": args.image_size},
+                  "completion_length": args.completion_length, "image_size": args.image_size,
+                  "layers_override": args.layers, "vision_depth_override": args.vision_depth},
     }
     if args.device.startswith("cuda"):
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
@@ -285,7 +286,8 @@ def trainer_section(name: str, methods: tuple[str, ...], gradient_checkpointing:
         trainer, step = step_trainer(
             "papo_g", tmp, size="tiny" if args.tiny else "3b", device=args.device, dtype=args.dtype, attn=args.attn,
             prompts=args.prompts, generations=args.generations, completion_length=args.completion_length,
-            image_size=args.image_size, gradient_checkpointing=gradient_checkpointing, loss_type="grpo", beta=0.0)
+            image_size=args.image_size, layers=args.layers, vision_depth=args.vision_depth,
+            gradient_checkpointing=gradient_checkpointing, loss_type="grpo", beta=0.0)
         capture = VisualScoreCapture(trainer.model, trainer.args.vision_score_type, trainer.args.vision_layers)
         text = trainer.model.config.get_text_config()
         vision = getattr(trainer.model.config, "vision_config", None)
@@ -516,6 +518,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max_train_rounds", type=int, default=None, help="default 20 (1 with --tiny)")
     parser.add_argument("--peak_repeats", type=int, default=None, help="default 2 (1 with --tiny)")
     parser.add_argument("--kernel_repeats", type=int, default=None, help="default 5 (2 with --tiny)")
+    parser.add_argument("--layers", type=int, default=None, help="fewer text layers (to try the 3B path on a CPU)")
+    parser.add_argument("--vision_depth", type=int, default=None, help="fewer vision blocks (idem)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["kernel", "gc_off", "gc_on"])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's; 1 on CPU)")
     args = parser.parse_args(argv)
