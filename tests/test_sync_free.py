@@ -269,3 +269,20 @@ def test_pepo_micro_batch_adds_at_most_one_sync_over_grpo():
     print("host syncs per micro-batch (loss + backward):", counts)
     assert 0 <= counts["pepo"] - counts["grpo"] <= 1, counts
     assert {"pepo/vs_mean", "pepo/weight_p60", "pepo/uniform_fallback_rows"} <= set(logged)
+
+
+@pytest.mark.parametrize("score_type", ["cosine", "dot"])
+def test_in_graph_reduction_compiles_and_keeps_non_image_nan_out(score_type):
+    """With the weights in the autograd graph the reduction masks the weighted terms instead (no masked copy
+    of the layer kept for backward); it is sync-free too, and its gradient is finite."""
+    hidden, mask = _layer()
+    hidden.requires_grad_(True)
+    span = image_span(mask)
+    got = _compiled(layer_similarity)(hidden, mask, C, score_type, span=span)
+    expected = layer_similarity(hidden, mask, C, score_type)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert torch.isfinite(got).all()
+    with torch.no_grad():
+        torch.testing.assert_close(got, layer_similarity(hidden, mask, C, score_type), rtol=1e-5, atol=1e-6)
+    got.sum().backward()
+    assert torch.isfinite(hidden.grad[:2, :S - C - 20]).all()  # image tokens' gradients stay finite

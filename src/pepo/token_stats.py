@@ -86,8 +86,18 @@ def weight_percentiles(rows: torch.Tensor) -> torch.Tensor:
     """
     if rows.shape[1] > _QUANTILE_SAMPLE:
         rows = rows[:, :: rows.shape[1] // _QUANTILE_SAMPLE + 1]
-    # Python-float q, one call each: a q tensor would be copied to the device and range-checked there (2 syncs)
-    return torch.stack([torch.nanquantile(rows, p / 100, dim=1) for p in PERCENTILES], dim=1)
+    # torch.quantile's linear rule, written out: torch.nanquantile checks its input on the device (a host
+    # sync, and a graph break under torch 2.11's dynamo); sorting puts NaN last, so the n valid values lead.
+    ordered = rows.sort(dim=1).values
+    last = (~rows.isnan()).sum(dim=1, keepdim=True) - 1  # (k, 1) index of the largest valid value, -1 if none
+    out = []
+    for p in PERCENTILES:
+        rank = last.clamp_min(0).to(rows.dtype) * (p / 100)
+        below = rank.long()
+        above = rank.ceil().long()
+        low, high = ordered.gather(1, below), ordered.gather(1, above)
+        out.append(torch.where(last >= 0, torch.lerp(low, high, rank - below.to(rows.dtype)), math.nan))
+    return torch.cat(out, dim=1)
 
 
 class PendingTokenStats:

@@ -145,17 +145,23 @@ def _image_mean(hidden: torch.Tensor, vision_mask: torch.Tensor, normalize: bool
     total = hidden.new_zeros((batch, dim), dtype=torch.float32)
     # Only the span that holds image tokens is read (in a VLM prompt, a small part of the sequence).
     lo, hi = span.lo, min(span.hi, seq_len)
+    # A NaN/inf outside the image tokens must not leak into the mean (0 * NaN = NaN). Both forms below
+    # keep it out without testing isfinite(...).all() on the host (a sync per layer). Which one runs
+    # depends on autograd only, never on the data: without a graph, zero the other positions and sum
+    # with one batched mat-vec; in the graph, mask the weighted terms instead, so that backward keeps
+    # the chunk (for float32 a view of the layer) rather than a masked copy of it per layer.
+    in_graph = torch.is_grad_enabled() and hidden.requires_grad
     for start in range(lo, hi, _CHUNK):
         stop = min(start + _CHUNK, hi)
         keep = vision_mask[:, start:stop]
-        # Zero the other positions before the mat-vec: a NaN/inf there must not leak into the mean
-        # (0 * NaN = NaN). Branch-free, unlike testing isfinite(...).all() on the host; and the same
-        # numbers for finite inputs, where those positions get weight 0 anyway.
-        chunk = torch.where(keep[..., None], hidden[:, start:stop], 0).float()
+        chunk = hidden[:, start:stop] if in_graph else torch.where(keep[..., None], hidden[:, start:stop], 0)
+        chunk = chunk.float()
         norms = torch.linalg.vector_norm(chunk, dim=-1)  # (B, k); non-finite iff the vector is (or overflows)
         scale = 1.0 / norms.clamp_min(1e-12) if normalize else torch.ones_like(norms)
-        # sum_j w_j x_j as one batched mat-vec: no normalised copy of the chunk
-        total = total + torch.bmm(torch.where(keep, scale, 0.0).unsqueeze(1), chunk).squeeze(1)
+        if in_graph:
+            total = total + torch.where(keep[..., None], chunk * scale[..., None], 0.0).sum(dim=1)
+        else:  # the same numbers for finite inputs as an unmasked mat-vec: those positions have weight 0
+            total = total + torch.bmm(torch.where(keep, scale, 0.0).unsqueeze(1), chunk).squeeze(1)
     counts = vision_mask.sum(dim=1, keepdim=True).clamp_min(1).to(torch.float32)
     return total / counts
 
