@@ -75,3 +75,49 @@ def test_3b_sized_path_builds_the_real_shapes(capsys):
                             "--generations", "2", "--completion_length", "2", "--image_size", "112", "--steps", "1"])
     assert r["grpo"] > 0 and r["pepo"] > 0
     assert "3b Qwen2.5-VL" in capsys.readouterr().out
+
+
+def test_gpu_suite_cpu_path_writes_every_section(tmp_path):
+    """The GPU suite's own code path, on the tiny model (--device cpu --tiny), so that it cannot rot before a GPU runs it."""
+    import json
+
+    from benchmarks import gpu_suite
+
+    out = tmp_path / "suite"
+    results = gpu_suite.main(["--device", "cpu", "--tiny", "--out", str(out)])
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results, default=str))
+    header = results["header"]
+    assert header["versions"]["trl"] and header["versions"]["torch"] and header["dtype"] == "float32"
+    kernel = results["kernel"]["rows"]
+    assert {r["dtype"] for r in kernel} == {"bfloat16", "float32"}
+    assert all(r["max_abs_diff"] < (1e-2 if r["dtype"] == "bfloat16" else 1e-5) for r in kernel), kernel
+    off, on = results["steps_gc_off"], results["steps_gc_on"]
+    assert off["methods"] == list(gpu_suite.ALL_METHODS) and not off["gradient_checkpointing"]
+    assert on["methods"] == list(gpu_suite.GC_ON_METHODS) and on["gradient_checkpointing"]
+    for section in (off, on):
+        for method in section["methods"]:
+            assert section["step_s"][method] and min(section["step_s"][method]) > 0
+            assert section["train_s"][method] and min(section["train_s"][method]) > 0
+        assert section["peak_bytes"]["grpo"] > 0 and section["peak_bytes"]["pepo_weights_in_graph"] > 0
+        assert section["pepo_own_ms"] and section["shape"]["image_tokens_per_row"] > 0
+    assert set(off["masked_forward_ms"]) == {"papo_g", "papo_d", "vppo"}  # their extra forward ran
+    sync = results["sync_check"]
+    assert sync["sync_free"] and sync["guarded"] == {"hooks": True, "weighting_and_statistics": True}, sync
+    passes = sync["syncs_per_training_pass"]
+    assert 0 <= passes["pepo"] - passes["grpo"] <= 1 and sync["syncs_per_statistics_flush"] == 1, sync
+    text = (out / "summary.md").read_text()
+    for heading in ("Similarity kernel", "gradient checkpointing off", "gradient checkpointing on", "Host syncs"):
+        assert heading in text
+
+
+def test_gpu_suite_rounds_stop_at_the_budget_but_not_before_the_minimum():
+    from benchmarks.gpu_suite import Clock, _interleaved
+
+    calls = []
+    late = Clock(minutes=0.0)  # every share's deadline has passed
+    times = _interleaved(("a", "b"), lambda m: calls.append(m) or 1.0, "kernel", late, min_rounds=2, max_rounds=9)
+    assert calls == ["a", "b", "b", "a"]  # two rounds, the second in reverse order
+    assert times == {"a": [1.0, 1.0], "b": [1.0, 1.0]}
+    calls.clear()
+    _interleaved(("a",), lambda m: calls.append(m) or 1.0, "kernel", Clock(minutes=60.0), min_rounds=1, max_rounds=3)
+    assert calls == ["a"] * 3  # time left: up to max_rounds

@@ -16,6 +16,11 @@ this against ``output_hidden_states=True``).
 Hooks are registered on entry to :meth:`VisualScoreCapture.record` and removed on exit, so they
 never fire during generation, reference-model passes, or the recomputation that gradient
 checkpointing performs during backward.
+
+No host syncs in the hooks: ``record()`` reads where the image tokens lie once
+(:func:`pepo.weights.image_span`, one device-to-host read per ``record()``, whatever the number of
+layers or forwards), and each layer's reduction is then pure device work (no ``nonzero``, no
+``.item()``, no branch on a device value), so the GPU queue never drains inside a forward.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from pepo.weights import layer_similarity
+from pepo.weights import ImageSpan, image_span, layer_similarity
 
 __all__ = ["find_text_decoder", "hidden_state_hooks", "VisualScoreCapture"]
 
@@ -132,6 +137,7 @@ class VisualScoreCapture:
         self.scores: torch.Tensor | None = None
         self.seconds = 0.0  # host time spent inside the reductions, for the overhead metric
         self._vision_mask: torch.Tensor | None = None
+        self._span: ImageSpan | None = None  # read once per record(): the layers' reductions need no sync
         self._completion_length = 0
         self._row = 0  # first row of the forward in progress (TRL may chunk the batch)
         self._rows_in_forward = 0
@@ -154,6 +160,7 @@ class VisualScoreCapture:
         )
         self.seconds = 0.0
         self._vision_mask = vision_mask
+        self._span = image_span(vision_mask)  # the one host sync of this record(), not one per layer
         self._completion_length = completion_length
         self._row = 0
         self._rows_in_forward = 0
@@ -163,6 +170,7 @@ class VisualScoreCapture:
                 yield self
         finally:
             self._vision_mask = None
+            self._span = None
         if self._row != vision_mask.shape[0]:
             raise RuntimeError(
                 f"PEPO captured hidden states for {self._row} rows but the batch has {vision_mask.shape[0]}: "
@@ -179,16 +187,20 @@ class VisualScoreCapture:
             self._row += self._rows_in_forward
             self._rows_in_forward = 0
 
+    def layer_scores(self, hidden: torch.Tensor, rows: slice) -> torch.Tensor:
+        """(b, C) float32 scores of one hidden state (b, S, D) for batch rows ``rows``; inside ``record()`` only.
+
+        What each hook computes: device work only, no host sync (the image span was read by
+        ``record()``), so it compiles with ``torch.compile(fullgraph=True)``.
+        """
+        return layer_similarity(hidden, self._vision_mask[rows], self._completion_length, self.score_type,
+                                span=self._span)
+
     def _accumulate(self, hidden: torch.Tensor) -> None:
         start = time.perf_counter()
         rows = slice(self._row, self._row + hidden.shape[0])
         with torch.set_grad_enabled(self._grad and torch.is_grad_enabled()):
-            layer_scores = layer_similarity(
-                hidden if self._grad else hidden.detach(),
-                self._vision_mask[rows],
-                self._completion_length,
-                self.score_type,
-            )
+            layer_scores = self.layer_scores(hidden if self._grad else hidden.detach(), rows)
         if self._grad:
             # out-of-place so that autograd can see every layer's contribution
             update = torch.zeros_like(self.scores)

@@ -66,6 +66,7 @@ from pepo.resume import (
     save_process_state,
     write_marker,
 )
+from pepo.token_stats import PendingTokenStats, micro_batch_stats
 from pepo.weights import (
     exploration_only_weights,
     fallback_rows,
@@ -112,7 +113,6 @@ _UNSET_DEFAULTS: dict[str, Any] = {
     "dynamic_sampling": False,
 }
 _SCORE_TYPES = ("cosine", "dot", "l2", "l1")
-_PERCENTILES = (0, 20, 40, 60, 80, 100)
 
 
 @dataclass
@@ -363,6 +363,7 @@ class PEPOTrainer(PerceptionMixin, GRPOTrainer):
         self._extra_prompts_used = 0  # batches taken from the current `_extra_prompts` (saved for resume)
         self._extra_prompts_peeked: Any = None  # a batch fetched ahead by `_reopen_extra_prompts`
         self.last_token_stats: dict[str, torch.Tensor] | None = None  # last micro-batch, for inspection
+        self._token_stats = PendingTokenStats()  # device-side until the logging step: no sync per micro-batch
         self._resume_from: str | None = None
         self._interrupt_requested = False
         self.interrupted = False  # set when a Ctrl-C stopped `train` after saving a checkpoint
@@ -523,6 +524,7 @@ class PEPOTrainer(PerceptionMixin, GRPOTrainer):
         finally:
             self.args.save_total_limit = limit
         folder.mkdir(parents=True, exist_ok=True)
+        self._flush_token_stats()  # the saved metrics include every micro-batch so far
         fault_point("checkpoint_state", str(process_state_path(folder, self.args.process_index)))
         save_process_state(folder, self.args.process_index, self._resume_state())
         self.accelerator.wait_for_everyone()  # every process's files are there before the marker
@@ -612,46 +614,28 @@ class PEPOTrainer(PerceptionMixin, GRPOTrainer):
 
     @torch.no_grad()
     def _log_token_stats(self, mask, scores, entropies, weights, fallback, seconds: float) -> None:
-        """Log PEPO's metrics for this micro-batch; every rank must call it (it reduces and gathers)."""
+        """Log PEPO's metrics for this micro-batch: host numbers now, device ones at the logging step (no sync)."""
         mode = "train" if self.model.training else "eval"
-        metrics = self._metrics[mode]
-        maskf = mask.float()
-        zero = maskf.new_zeros(())
-        finite_scores = None if scores is None else torch.where(torch.isfinite(scores), scores, 0.0)
-        # One all-reduce (and one host sync) for every scalar this micro-batch logs.
-        totals = self.accelerator.reduce(torch.stack([
-            maskf.sum(),
-            zero if finite_scores is None else (finite_scores * maskf).sum(),
-            zero if entropies is None else (entropies.float() * maskf).sum(),
-            zero if fallback is None else fallback.sum().float(),
-        ]), reduction="sum").tolist()
-        tokens = max(totals[0], 1.0)
-        metrics["pepo/progress"].append(self.progress)
-        metrics["pepo/overhead_ms"].append(seconds * 1000.0)
-        if scores is not None:
-            metrics["pepo/vs_mean"].append(totals[1] / tokens)
-        if entropies is not None:
-            metrics["pepo/entropy_mean"].append(totals[2] / tokens)
+        self._metrics[mode]["pepo/progress"].append(self.progress)
+        self._metrics[mode]["pepo/overhead_ms"].append(seconds * 1000.0)
         # Detached, on the training device: reading them is the inspector's cost, not the training step's.
         self.last_token_stats = {
             name: None if t is None else t.detach()
             for name, t in (("scores", scores), ("entropies", entropies), ("weights", weights), ("mask", mask))
         }
-        if weights is None:
-            return
-        metrics["pepo/uniform_fallback_rows"].append(totals[3])
-        # Every rank must join the gather, even one whose mask is empty, or the job hangs.
-        valid = weights.detach()[mask].float()
-        padded = self.accelerator.pad_across_processes(valid, dim=0, pad_index=-1.0)
-        gathered = self.accelerator.gather(padded)
-        gathered = gathered[gathered >= 0]
-        if gathered.numel() == 0:
-            return
-        if gathered.numel() > 1_000_000:  # torch.quantile's input limit; a strided sample is plenty
-            gathered = gathered[:: gathered.numel() // 1_000_000 + 1]
-        qs = torch.quantile(gathered, torch.tensor([p / 100 for p in _PERCENTILES], device=gathered.device))
-        for p, q in zip(_PERCENTILES, qs.tolist()):
-            metrics[f"pepo/weight_p{p}"].append(q)
+        if self._token_stats.add(mode, micro_batch_stats(mask, scores, entropies, weights, fallback)):
+            self._flush_token_stats()
+
+    def _flush_token_stats(self) -> None:
+        """Reduce the pending micro-batches' statistics into ``_metrics``; every rank calls it at the same point."""
+        acc = self.accelerator
+        gather = (lambda t: t) if acc.num_processes == 1 else (  # padding reads sizes back: only when needed
+            lambda t: acc.gather(acc.pad_across_processes(t, dim=1, pad_index=float("nan"))))
+        self._token_stats.flush(self._metrics, lambda t: acc.reduce(t, reduction="sum"), gather)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        self._flush_token_stats()  # the one reduction (and host read) of PEPO's statistics per logging step
+        super().log(logs, start_time)
 
     # --- DAPO dynamic sampling -------------------------------------------------------------------
 

@@ -18,18 +18,23 @@ so ``w >= 0`` and ``mean_valid(w) = 1``; the loss of token t is multiplied by
 ``1 - p + p * w_t`` where p in [0, 1] is the training progress (:func:`scheduled_weights`).
 
 Everything here is plain PyTorch, computed in float32 whatever the input dtype, and keeps autograd
-intact (no in-place writes into tensors that may require grad).
+intact (no in-place writes into tensors that may require grad). Nothing here reads a device value
+back to the host except :func:`image_span` (once per batch, not per layer): the per-layer scores
+given a span, the entropies and the weights are sync-free, which ``tests/test_sync_free.py`` checks
+by compiling them with ``torch.compile(fullgraph=True)`` (a host sync is a graph break there).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import torch
 
 __all__ = [
     "SCORE_TYPES",
+    "ImageSpan",
+    "image_span",
     "layer_similarity",
     "visual_similarity",
     "rows_without_image",
@@ -94,26 +99,69 @@ def rows_without_image(vision_mask: torch.Tensor) -> torch.Tensor:
     return ~(vision_mask != 0).any(dim=-1)
 
 
-def _image_mean(hidden: torch.Tensor, vision_mask: torch.Tensor, normalize: bool) -> torch.Tensor:
+class ImageSpan(NamedTuple):
+    """Where a batch's image tokens lie, read once on the host so that the per-layer reductions need no sync.
+
+    ``lo``/``hi``: the half-open range of sequence positions holding any row's image tokens (``0, 0``
+    when there is none); ``max_count``: the most image tokens of any row (the l1/l2 scores gather
+    that many per row).
+    """
+
+    lo: int
+    hi: int
+    max_count: int
+
+
+def image_span(vision_mask: torch.Tensor) -> ImageSpan:
+    """The :class:`ImageSpan` of a (B, S) image mask: ONE device-to-host read for all the layers that use it.
+
+    Any span that covers the mask gives the same scores (up to summation order), so a span read on a
+    whole batch serves every row chunk of it (the hooks read it once per ``record()``).
+
+    Args:
+        vision_mask: (B, S) bool (or 0/1), True at image-token positions.
+
+    Returns:
+        ``ImageSpan(lo, hi, max_count)`` of Python ints.
+    """
+    if not isinstance(vision_mask, torch.Tensor) or vision_mask.dim() != 2:
+        raise ValueError("vision_mask must be a (B, S) tensor")
+    batch, seq_len = vision_mask.shape
+    if batch == 0 or seq_len == 0:
+        return ImageSpan(0, 0, 0)
+    mask = vision_mask != 0
+    columns = mask.any(dim=0)
+    positions = torch.arange(seq_len, device=mask.device)
+    lo = torch.where(columns, positions, seq_len).amin()
+    hi = torch.where(columns, positions + 1, 0).amax()
+    count = mask.sum(dim=1).amax()
+    lo, hi, count = (int(v) for v in torch.stack([lo, hi, count]).tolist())  # the one host sync
+    return ImageSpan(0, 0, 0) if hi == 0 else ImageSpan(lo, hi, count)
+
+
+def _image_mean(hidden: torch.Tensor, vision_mask: torch.Tensor, normalize: bool, span: ImageSpan) -> torch.Tensor:
     """(B, D) float32 mean over image positions of (optionally L2-normalised) hidden states."""
     batch, seq_len, dim = hidden.shape
     total = hidden.new_zeros((batch, dim), dtype=torch.float32)
-    positions = vision_mask.any(dim=0).nonzero()
-    if positions.numel() == 0:
-        return total
     # Only the span that holds image tokens is read (in a VLM prompt, a small part of the sequence).
-    lo, hi = int(positions[0]), int(positions[-1]) + 1
+    lo, hi = span.lo, min(span.hi, seq_len)
+    # A NaN/inf outside the image tokens must not leak into the mean (0 * NaN = NaN). Both forms below
+    # keep it out without testing isfinite(...).all() on the host (a sync per layer). Which one runs
+    # depends on autograd only, never on the data: without a graph, zero the other positions and sum
+    # with one batched mat-vec; in the graph, mask the weighted terms instead, so that backward keeps
+    # the chunk (for float32 a view of the layer) rather than a masked copy of it per layer.
+    in_graph = torch.is_grad_enabled() and hidden.requires_grad
     for start in range(lo, hi, _CHUNK):
-        chunk = hidden[:, start : min(start + _CHUNK, hi)].float()
-        keep = vision_mask[:, start : start + chunk.shape[1]]
+        stop = min(start + _CHUNK, hi)
+        keep = vision_mask[:, start:stop]
+        chunk = hidden[:, start:stop] if in_graph else torch.where(keep[..., None], hidden[:, start:stop], 0)
+        chunk = chunk.float()
         norms = torch.linalg.vector_norm(chunk, dim=-1)  # (B, k); non-finite iff the vector is (or overflows)
         scale = 1.0 / norms.clamp_min(1e-12) if normalize else torch.ones_like(norms)
-        if torch.isfinite(norms[~keep]).all():
-            # sum_j w_j x_j as one batched mat-vec: no normalised or masked copy of the chunk
-            total = total + torch.bmm(torch.where(keep, scale, 0.0).unsqueeze(1), chunk).squeeze(1)
-        else:
-            # a NaN/inf outside the image tokens must not leak into the mean (0 * NaN = NaN)
+        if in_graph:
             total = total + torch.where(keep[..., None], chunk * scale[..., None], 0.0).sum(dim=1)
+        else:  # the same numbers for finite inputs as an unmasked mat-vec: those positions have weight 0
+            total = total + torch.bmm(torch.where(keep, scale, 0.0).unsqueeze(1), chunk).squeeze(1)
     counts = vision_mask.sum(dim=1, keepdim=True).clamp_min(1).to(torch.float32)
     return total / counts
 
@@ -132,11 +180,13 @@ def _completion_dot(hidden: torch.Tensor, completion_length: int, target: torch.
     return torch.cat(parts, dim=1)
 
 
-def _completion_distance(hidden: torch.Tensor, vision_mask: torch.Tensor, completion_length: int, p: float):
+def _completion_distance(
+    hidden: torch.Tensor, vision_mask: torch.Tensor, completion_length: int, p: float, span: ImageSpan
+):
     """(B, C) float32 mean over image tokens of the p-norm distance to each completion token."""
     batch, seq_len, dim = hidden.shape
     counts = vision_mask.sum(dim=1)
-    max_images = int(counts.max().item()) if batch else 0
+    max_images = min(span.max_count, seq_len) if batch else 0  # from the span: no .item() per layer
     if max_images == 0:
         return hidden.new_zeros((batch, completion_length), dtype=torch.float32)
     # Stable sort on "not image" brings every row's image positions to the front, in order; rows
@@ -163,6 +213,7 @@ def layer_similarity(
     vision_mask: torch.Tensor,
     completion_length: int,
     score_type: str = "cosine",
+    span: ImageSpan | None = None,
 ) -> torch.Tensor:
     """Perception score of ONE hidden layer: mean similarity of each completion token to the image tokens.
 
@@ -180,6 +231,9 @@ def layer_similarity(
         vision_mask: (B, S) bool (or 0/1), True at image-token positions; rows may differ.
         completion_length: C, the number of trailing positions scored (1 <= C <= S).
         score_type: one of :data:`SCORE_TYPES`.
+        span: the mask's :func:`image_span` (or one read on a batch these rows belong to). Given,
+            the function makes no host sync (it compiles with ``torch.compile(fullgraph=True)``);
+            omitted, it is read here (one sync).
 
     Returns:
         (B, C) float32 scores (cosine: unitless in [-1, 1]; dot: squared hidden units; l1/l2:
@@ -191,12 +245,15 @@ def layer_similarity(
     """
     _check_layer_inputs(hidden, vision_mask, completion_length, score_type)
     vision_mask = vision_mask.to(device=hidden.device) != 0
+    if span is None:
+        span = image_span(vision_mask)
     if score_type in ("cosine", "dot"):
         normalize = score_type == "cosine"
-        image_mean = _image_mean(hidden, vision_mask, normalize)
+        image_mean = _image_mean(hidden, vision_mask, normalize, span)
         scores = _completion_dot(hidden, completion_length, image_mean, normalize)
     else:
-        scores = _completion_distance(hidden, vision_mask, completion_length, 2.0 if score_type == "l2" else 1.0)
+        p = 2.0 if score_type == "l2" else 1.0
+        scores = _completion_distance(hidden, vision_mask, completion_length, p, span)
     has_image = vision_mask.any(dim=1, keepdim=True)
     # explicit zero: a non-finite completion token times an all-zero image mean would give NaN
     return torch.where(has_image, scores, 0.0)
@@ -247,8 +304,9 @@ def visual_similarity(
         if bad:
             raise ValueError(f"layers {bad} out of range: use ints in [-{n_states}, {n_states - 1}]")
     total = None
+    span = image_span(vision_mask) if isinstance(vision_mask, torch.Tensor) and vision_mask.dim() == 2 else None
     for i in indices:
-        score = layer_similarity(states[i], vision_mask, completion_length, score_type)
+        score = layer_similarity(states[i], vision_mask, completion_length, score_type, span=span)
         total = score if total is None else total + score
     return total / len(indices)
 
