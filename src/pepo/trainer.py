@@ -336,6 +336,9 @@ class PEPOTrainer(PerceptionMixin, GRPOTrainer):
 
     def __init__(self, model: Any, *args: Any, **kwargs: Any):
         training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+        from pepo.models.special_tokens import ban_multimodal_tokens_in_args  # never sample an image/video token
+
+        ban_multimodal_tokens_in_args(training_args, model, kwargs.get("processing_class", args[4] if len(args) > 4 else None))
         with _reference_is_snapshot_of(model, training_args, kwargs.get("peft_config")):
             super().__init__(model, *args, **kwargs)
         if not isinstance(self.args, PEPOConfig):
