@@ -16,7 +16,22 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-__all__ = ["collapse_image_runs", "install_colocate_guards"]
+__all__ = ["collapse_image_runs", "reset_encoder_cache", "install_colocate_guards"]
+
+
+def reset_encoder_cache(llm: Any) -> None:
+    """Drop vLLM's cached vision-encoder outputs (vLLM 0.31: ``LLM.llm_engine.reset_encoder_cache``).
+
+    Raises:
+        RuntimeError: this vLLM has no such call (stale vision embeddings could not be ruled out).
+    """
+    for owner in (llm, getattr(llm, "llm_engine", None)):
+        reset = getattr(owner, "reset_encoder_cache", None)
+        if callable(reset):
+            reset()
+            return
+    raise RuntimeError("this vLLM has no reset_encoder_cache: after a weight sync it could reuse vision embeddings "
+                       "computed with the old weights; use vLLM >= 0.11")
 
 
 def collapse_image_runs(ids: Sequence[int], image_token_id: int) -> list[int]:
@@ -57,8 +72,8 @@ def install_colocate_guards(trainer: Any) -> bool:
     def guarded_sync():
         sync()
         llm = getattr(generation, "llm", None)
-        if llm is not None and hasattr(llm, "reset_encoder_cache"):
-            llm.reset_encoder_cache()
+        if llm is not None:
+            reset_encoder_cache(llm)
 
     generation.generate, generation.sync_weights = guarded_generate, guarded_sync
     generation._pepo_guarded = True

@@ -17,6 +17,7 @@ from pepo.eval import vllm_backend
 from pepo.eval.generation import encode_prompts
 from pepo.models.loading import load_model_and_processor
 from pepo.models.special_tokens import ban_multimodal_tokens, multimodal_token_ids
+from pepo.vllm_colocate import reset_encoder_cache
 from tests.conftest import make_rl_rows
 
 ARGS = ["--task", "synthetic", "--limit", "6", "--num_samples", "1", "--temperature", "0", "--seed", "4"]
@@ -123,3 +124,33 @@ def test_vllm_never_samples_image_tokens_with_the_ban(cli_runs, vllm_tiny_dir):
     kept = llm.generate(requests, params, use_tqdm=False)
     ids = [t for r in kept for o in r.outputs for t in o.token_ids]
     assert len(ids) > 100 and not set(ids) & set(banned)
+
+
+def test_encoder_cache_keeps_old_vision_embeddings_until_reset(cli_runs):
+    """Why pepo resets vLLM's encoder cache after each weight sync (TRL resets only the prefix cache): after new
+    vision weights are loaded, an image seen before is answered from the cached embeddings of the old weights."""
+    vllm, llm = cli_runs["gen"].vllm, cli_runs["gen"].llm
+    runner_model = llm.llm_engine.model_executor.driver_worker.model_runner.model
+    processor = cli_runs["gen"].processor
+    request = vllm_backend.build_request(processor, dict(make_rl_rows(1, seed=7)[0]))
+    params = vllm.SamplingParams(temperature=0, max_tokens=3, logprobs=0)
+
+    def logprobs():
+        out = llm.generate([request], params, use_tqdm=False)[0].outputs[0]
+        return [lp[t].logprob for lp, t in zip(out.logprobs, out.token_ids)]
+
+    old = logprobs()
+    merger = dict(runner_model.named_parameters())["visual.merger.mlp.2.weight"]
+    saved = merger.detach().clone()
+    try:
+        runner_model.load_weights([("visual.merger.mlp.2.weight", saved * 3.0)])  # new vision weights
+        llm.reset_prefix_cache()  # what TRL's sync_weights does
+        stale = logprobs()
+        reset_encoder_cache(llm)  # what pepo adds
+        fresh = logprobs()
+    finally:
+        runner_model.load_weights([("visual.merger.mlp.2.weight", saved)])
+        llm.reset_prefix_cache()
+        reset_encoder_cache(llm)
+    assert stale == old  # the old embeddings were reused
+    assert fresh != old
