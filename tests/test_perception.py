@@ -277,10 +277,29 @@ def test_no_masking_gives_zero_kl(tiny_vlm, tmp_path, method):
     assert torch.equal(low_var_kl(_policy_logps(trainer, inputs), masked), torch.zeros_like(masked))
 
 
-@pytest.mark.parametrize("method,forwards", [("pepo", 1), ("grpo", 1), ("papo_g", 2), ("papo_d", 2), ("vppo", 2)])
-def test_forwards_per_micro_batch(tiny_vlm, tmp_path, method, forwards):
-    trainer = make_trainer(tiny_vlm, tmp_path, method=method)
-    inputs = _prepared_batch(trainer, progress=0.5)
+@pytest.mark.parametrize("method,forwards,masked", [("pepo", 1, 0), ("grpo", 1, 0), ("papo_g", 1, 1), ("papo_d", 1, 1),
+                                                    ("vppo", 1, 2)])
+def test_forwards_per_micro_batch_and_per_generation_batch(tiny_vlm, tmp_path, method, forwards, masked):
+    """One policy forward per micro-batch for every method; PAPO's masked forward (VPPO's: masked and real image)
+    runs once per generation batch, before the loss, never inside it."""
+    from trl import GRPOTrainer
+
+    trainer = make_trainer(tiny_vlm, tmp_path, method=method, per_device_train_batch_size=4,
+                           gradient_accumulation_steps=2)
+    helper_calls = []
+    original = GRPOTrainer._get_per_token_logps_and_entropies
+
+    def counting(self, *args, **kwargs):
+        helper_calls.append(kwargs.get("pixel_values") is not None)
+        return original(self, *args, **kwargs)
+
+    GRPOTrainer._get_per_token_logps_and_entropies = counting
+    try:
+        inputs = _prepared_batch(trainer, progress=0.5)  # generation batch of 8 rows, 2 micro-batches of 4
+    finally:
+        GRPOTrainer._get_per_token_logps_and_entropies = original
+    # TRL's own forwards at generation: none on-policy (ga 2 = steps_per_generation 2); ours: one per 4 rows
+    assert len(helper_calls) == 2 * masked
     calls = []
     handle = trainer.model.register_forward_pre_hook(lambda *_: calls.append(1))
     try:
@@ -288,23 +307,42 @@ def test_forwards_per_micro_batch(tiny_vlm, tmp_path, method, forwards):
     finally:
         handle.remove()
     assert len(calls) == forwards
+    if method == "papo_g":  # the paper's objective: the masked branch recomputed, with gradient, every micro-batch
+        trainer.args.papo_masked_grad = True
+        calls.clear()
+        handle = trainer.model.register_forward_pre_hook(lambda *_: calls.append(1))
+        try:
+            trainer.compute_loss(trainer.model, inputs)
+        finally:
+            handle.remove()
+        assert len(calls) == 2
 
 
 def test_method_defaults_and_presets(tmp_path):
     from tests.test_trainer import make_config
 
     # the preset fills loss_type only when it is unset; an explicit value wins (as for every preset)
-    assert make_config(tmp_path, method="papo_g", loss_type="bnpo").loss_type == "bnpo"
+    assert make_config(tmp_path, method="papo_g", loss_type="grpo").loss_type == "grpo"
     papo_g = make_config(tmp_path, method="papo_g")
-    assert (papo_g.loss_type, papo_g.papo_kl_coef, papo_g.papo_entropy_coef, papo_g.perception_mask_probability,
-            papo_g.perception_mask_stage, papo_g.perception_mask_scope) == ("grpo", 0.02, 0.05, 0.6, "image", "prompt")
+    # EasyR1's loss, which the public scripts keep: token mean over the micro-batch, clip 0.2 / 0.3, dual clip 3
+    assert (papo_g.loss_type, papo_g.epsilon, papo_g.epsilon_high, papo_g.delta, papo_g.papo_kl_coef,
+            papo_g.papo_entropy_coef, papo_g.perception_mask_probability, papo_g.perception_mask_stage,
+            papo_g.perception_mask_scope, papo_g.perception_masked_policy) == (
+        "bnpo", 0.2, 0.3, 3.0, 0.02, 0.05, 0.6, "image", "prompt", "rollout")
     papo_d = make_config(tmp_path, method="papo_d")
-    assert (papo_d.loss_type, papo_d.dynamic_sampling, papo_d.epsilon_high, papo_d.papo_kl_coef,
-            papo_d.papo_masked_entropy_coef) == ("dapo", True, 0.28, 0.01, 0.03)
+    assert (papo_d.loss_type, papo_d.dynamic_sampling, papo_d.dynamic_sampling_filter,
+            papo_d.mask_truncated_completions, papo_d.epsilon_high, papo_d.delta, papo_d.papo_kl_coef,
+            papo_d.papo_masked_entropy_coef) == ("bnpo", True, "accuracy", False, 0.28, 3.0, 0.01, 0.03)
     vppo = make_config(tmp_path, method="vppo", perception_mask_block_size=28)
-    assert (vppo.loss_type, vppo.dynamic_sampling, vppo.epsilon, vppo.epsilon_high, vppo.beta,
-            vppo.perception_mask_stage, vppo.perception_mask_probability, vppo.perception_mask_scope,
-            vppo.perception_mask_block_size) == ("dapo", True, 0.2, 0.28, 0.0, "pixels", 0.5, "rollout", 28)
+    assert (vppo.loss_type, vppo.dynamic_sampling, vppo.dynamic_sampling_filter, vppo.mask_truncated_completions,
+            vppo.epsilon, vppo.epsilon_high, vppo.delta, vppo.beta, vppo.perception_mask_stage,
+            vppo.perception_mask_probability, vppo.perception_mask_scope, vppo.perception_mask_block_size) == (
+        "dapo", True, "accuracy", False, 0.2, 0.28, 3.0, 0.0, "pixels", 0.5, "rollout", 28)
+    assert make_config(tmp_path, method="papo_g", papo_masked_grad=True).perception_masked_policy == "current"
+    with pytest.raises(ValueError, match="papo_masked_grad needs perception_masked_policy=current"):
+        make_config(tmp_path, method="papo_g", papo_masked_grad=True, perception_masked_policy="rollout")
+    with pytest.raises(ValueError, match="perception_masked_policy"):
+        make_config(tmp_path, method="vppo", perception_masked_policy="current")
     assert make_config(tmp_path, method="vppo", perception_mask_probability=0.0).perception_mask_probability == 0.0
     for bad in ({"perception_mask_stage": "after"}, {"perception_mask_probability": 1.5},
                 {"vppo_top_fraction": 0.0}, {"perception_mask_scope": "batch"}):
@@ -357,13 +395,15 @@ def test_perception_recipes_resolve_to_the_public_scripts_settings(backbone):
     resolved = {m: parse_train_args(["--config", str(root / "geometry3k" / backbone / f"{m}.yaml")])[1]
                 for m in ("papo_g", "papo_d", "vppo")}
     g, d, v = resolved["papo_g"], resolved["papo_d"], resolved["vppo"]
-    assert (g.loss_type, g.beta, g.papo_kl_coef, g.papo_entropy_coef, g.perception_mask_probability,
-            g.perception_mask_stage, g.perception_mask_scope) == ("grpo", 0.01, 0.02, 0.05, 0.6, "image", "prompt")
-    assert (d.loss_type, d.beta, d.dynamic_sampling, d.papo_kl_coef, d.papo_masked_entropy_coef) == (
-        "dapo", 0.0, True, 0.01, 0.03)
-    assert (v.loss_type, v.beta, v.dynamic_sampling, v.epsilon, v.epsilon_high, v.perception_mask_stage,
-            v.perception_mask_probability, v.vppo_top_fraction, v.vppo_scale_min, v.vppo_entropy_coef) == (
-        "dapo", 0.0, True, 0.2, 0.28, "pixels", 0.5, 0.4, 0.9, 0.06)
+    assert (g.loss_type, g.epsilon_high, g.delta, g.beta, g.papo_kl_coef, g.papo_entropy_coef,
+            g.perception_mask_probability, g.perception_mask_stage, g.perception_mask_scope) == (
+        "bnpo", 0.3, 3.0, 0.01, 0.02, 0.05, 0.6, "image", "prompt")
+    assert (d.loss_type, d.delta, d.beta, d.dynamic_sampling, d.dynamic_sampling_filter, d.mask_truncated_completions,
+            d.papo_kl_coef, d.papo_masked_entropy_coef) == ("bnpo", 3.0, 0.0, True, "accuracy", False, 0.01, 0.03)
+    assert (v.loss_type, v.beta, v.dynamic_sampling, v.dynamic_sampling_filter, v.mask_truncated_completions,
+            v.epsilon, v.epsilon_high, v.delta, v.perception_mask_stage, v.perception_mask_probability,
+            v.vppo_top_fraction, v.vppo_scale_min, v.vppo_entropy_coef) == (
+        "dapo", 0.0, True, "accuracy", False, 0.2, 0.28, 3.0, "pixels", 0.5, 0.4, 0.9, 0.06)
     virl = parse_train_args(["--config", str(root / "virl39k" / "qwen2_5_vl_3b" / "papo_g.yaml")])[1]
     assert (virl.method, virl.beta, virl.papo_kl_coef) == ("papo_g", 0.01, 0.02)
 
