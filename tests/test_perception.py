@@ -21,7 +21,9 @@ from PIL import Image
 
 from pepo.masking import block_grid, block_mask_image, block_mask_pixel_values
 from pepo.perception import low_var_kl, papo_terms, vppo_advantage_scale, vppo_token_mask
-from tests.test_trainer import _loss_and_grads, _max_diff, _prepared_batch, make_trainer
+from pepo.trainer import PEPOTrainer
+from tests.conftest import make_rl_rows
+from tests.test_trainer import _loss_and_grads, _max_diff, _prepared_batch, make_config, make_trainer
 
 # --- literal references ------------------------------------------------------------------------
 
@@ -408,21 +410,217 @@ def test_perception_recipes_resolve_to_the_public_scripts_settings(backbone):
     assert (virl.method, virl.beta, virl.papo_kl_coef) == ("papo_g", 0.01, 0.02)
 
 
-@pytest.mark.parametrize("method,overrides", [
-    ("papo_g", {"beta": 0.04, "num_iterations": 2, "gradient_checkpointing": True, "papo_masked_grad": True}),
-    ("vppo", {"num_iterations": 2, "gradient_checkpointing": True}),
-], ids=["papo_g-kl-2iters-ckpt-maskedgrad", "vppo-2iters-ckpt"])
-def test_perception_methods_in_other_training_setups(tiny_vlm, tmp_path, method, overrides):
-    from tests.test_trainer import snapshot
+# --- whole training runs against independent references ----------------------------------------------
 
-    trainer = _untruncated(make_trainer(tiny_vlm, tmp_path, method=method, **overrides))
-    before = snapshot(trainer.model)
+
+def _row_key(batch, b: int) -> tuple:
+    return tuple(batch["prompt_ids"][b].tolist()), tuple(batch["completion_ids"][b].tolist())
+
+
+def _plain_logps(model, inputs, temperature: float) -> torch.Tensor:
+    """(B, C) float32 log-probs of the completion tokens from a plain forward, with gradient."""
+    prompt, completion = inputs["prompt_ids"], inputs["completion_ids"]
+    kwargs = {"image_grid_thw": inputs["image_grid_thw"]}
+    if inputs.get("mm_token_type_ids") is not None:
+        kwargs["mm_token_type_ids"] = inputs["mm_token_type_ids"]
+    logits = model(input_ids=torch.cat([prompt, completion], 1), pixel_values=inputs["pixel_values"],
+                   attention_mask=torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1), **kwargs).logits
+    logits = logits[:, prompt.shape[1] - 1 : -1].float() / temperature
+    return torch.log_softmax(logits, -1).gather(-1, completion.unsqueeze(-1)).squeeze(-1)
+
+
+def _easyr1_surrogate(logp, old, adv, low, high, dual):
+    """EasyR1's (PAPO's / VPPO's code base) clipped surrogate with dual clip, per token."""
+    ratio = torch.exp(logp - old)
+    loss1, loss2 = -adv * ratio, -adv * torch.clamp(ratio, 1 - low, 1 + high)
+    clipped = torch.max(loss1, loss2)
+    return torch.where(adv < 0, torch.min(clipped, -adv * dual), clipped)
+
+
+def _vppo_loop(deps, masks, micro_rows, batch_rows, fraction, scale_min):
+    """float64 loop: per micro-batch row, the selected positions and the advantage scale (min-max over the
+    generation batch ``batch_rows``, mean over the micro-batch, as VPPO's public code over its update batch)."""
+    def mean_dep(r):
+        n = sum(masks[r])
+        return sum(d for d, m in zip(deps[r], masks[r]) if m) / n if n else None
+
+    means = {r: mean_dep(r) for r in batch_rows}
+    present = [m for m in means.values() if m is not None]
+    lo, hi = min(present), max(present)
+    active = len(present) > 1 and hi - lo > 1e-6
+    s_hat = {r: min(1.0, max(0.0, (means[r] - lo) / (hi - lo))) for r in micro_rows if active and means[r] is not None}
+    mu = sum(s_hat.values()) / len(s_hat) if s_hat else 0.0
+    selected, scales = [], []
+    for r in micro_rows:
+        positions = [t for t, m in enumerate(masks[r]) if m]
+        k = math.ceil(Fraction(str(fraction)) * len(positions))
+        selected.append(set(sorted(positions, key=lambda t: (-deps[r][t], t))[:k]))
+        scales.append(scale_min + s_hat[r] * (1 - scale_min) / (mu + 1e-8) if r in s_hat else 1.0)
+    return selected, scales
+
+
+def _check_against_rollout_references(trainer) -> list[dict]:
+    """Every generation batch: record, per row, float64 log-probs of the *rollout* policy with the real and the
+    masked image from plain forwards. Every micro-batch (every iteration): the trainer's loss and gradient equal
+    the public code's formulas on those records, written out here."""
+    args = trainer.args
+    rollouts: dict[tuple, dict] = {}
+    records: list[dict] = []
+    generate, compute = trainer._generate_and_score_completions, trainer._compute_loss
+
+    def recorded(inputs):
+        out = generate(inputs)
+        real = _reference_logps(trainer, out, out["pixel_values"])
+        masked = _reference_logps(trainer, out, trainer._masked_pixel_values(out))
+        keys = [_row_key(out, b) for b in range(len(out["advantages"]))]
+        for b, key in enumerate(keys):
+            rollouts[key] = {"adv": out["advantages"][b].item(), "real": real[b], "masked": masked[b], "batch": keys,
+                             "column": out["vppo_dependency"][b].tolist() if "vppo_dependency" in out else None,
+                             "mask": out["completion_mask"][b].bool().tolist()}
+        return out
+
+    def checked(model, inputs):
+        keys = [_row_key(inputs, b) for b in range(len(inputs["advantages"]))]
+        rows = [rollouts[k] for k in keys]
+        mask = inputs["completion_mask"].bool()
+        maskf = mask.float()
+        params = [p for p in model.parameters() if p.requires_grad]
+        logp = _plain_logps(model, inputs, args.temperature)
+        advantages = torch.tensor([r["adv"] for r in rows]).unsqueeze(1).expand_as(logp).clone()
+        real, masked = torch.stack([r["real"] for r in rows]), torch.stack([r["masked"] for r in rows])
+        ga = trainer.current_gradient_accumulation_steps
+        if args.method == "vppo":
+            dependency = torch.tensor([[min(10.0, max(0.0, loop_low_var_kl(a, b))) for a, b in zip(x.tolist(), y.tolist())]
+                                       for x, y in zip(real, masked)], dtype=torch.float64)
+            column = torch.tensor([r["column"] for r in rows], dtype=torch.float64)
+            torch.testing.assert_close(column * maskf, dependency * maskf, atol=2e-5, rtol=0)
+            # selection from the trainer's float32 column: a float64 near-tie must not flip the top-k cut
+            batch = {k: rollouts[k] for k in rows[0]["batch"]}
+            deps = {k: r["column"] for k, r in batch.items()}
+            masks = {k: r["mask"] for k, r in batch.items()}
+            selected, scales = _vppo_loop(deps, masks, keys, list(batch), args.vppo_top_fraction, args.vppo_scale_min)
+            select = torch.zeros_like(maskf)
+            for b, positions in enumerate(selected):
+                select[b, list(positions)] = 1.0
+            advantages = advantages * torch.tensor(scales).unsqueeze(1) * select
+            normalizer = inputs["num_items_in_batch"] * ga / args.steps_per_generation
+            per_token = _easyr1_surrogate(logp, inputs["old_per_token_logps"], advantages, args.epsilon,
+                                          args.epsilon_high, 3.0)
+            expected = ((per_token * maskf).sum() + args.vppo_entropy_coef * (-logp * maskf).sum()) / normalizer
+            records.append({"dependency": (dependency * maskf).sum().item() / maskf.sum().item(),
+                            "scales": scales})
+        else:  # PAPO: token mean over the micro-batch, extra terms against the rollout policy's masked log-probs
+            per_token = _easyr1_surrogate(logp, inputs["old_per_token_logps"], advantages, args.epsilon,
+                                          args.epsilon_high, 3.0)
+            d = (masked.float() - logp).clamp(-20, 20)
+            kl = (((torch.exp(d) - d - 1).clamp(-10, 10)) * maskf).sum() / maskf.sum()
+            extra = (-args.papo_kl_coef * kl + args.papo_entropy_coef * (-logp * maskf).sum() / maskf.sum()
+                     + args.papo_masked_entropy_coef * (-masked.float() * maskf).sum() / maskf.sum())
+            expected = ((per_token * maskf).sum() / maskf.sum() + extra) / ga
+            records.append({"kl": kl.item()})
+        expected_grads = torch.autograd.grad(expected, params, allow_unused=True)
+        loss = compute(model, inputs)
+        grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
+        pairs = [(g, e) for g, e in zip(grads, expected_grads) if e is not None]
+        scale = max(e.abs().max().item() for _, e in pairs)
+        assert scale > 0
+        torch.testing.assert_close(loss.detach(), expected.detach(), atol=1e-6, rtol=1e-4)
+        diff = max(((torch.zeros_like(e) if g is None else g) - e).abs().max().item() for g, e in pairs)
+        assert diff <= 1e-4 * scale, f"gradient differs by {diff:.3g} (scale {scale:.3g})"
+        return loss
+
+    trainer._generate_and_score_completions = recorded
+    trainer._compute_loss = checked
+    return records
+
+
+@pytest.mark.parametrize("method", ["vppo", "papo_g"])
+def test_off_policy_training_equals_the_public_code_on_rollout_references(tiny_vlm, tmp_path, method):
+    """Two iterations over each generation batch (the second after an update), two micro-batches per generation
+    batch: every micro-batch's loss and gradient equal the public code's formulas with the masked (and, for VPPO,
+    real-image) log-probs of the rollout policy, VPPO's scale normalised over the generation batch, its entropy
+    penalty by token share, and EasyR1's dual clip."""
+    extra = {"dynamic_sampling": False} if method == "vppo" else {}
+    trainer = make_trainer(tiny_vlm, tmp_path, method=method, num_iterations=2, per_device_train_batch_size=4,
+                           gradient_accumulation_steps=2, **extra)
+    records = _check_against_rollout_references(trainer)
     trainer.train()
-    after = snapshot(trainer.model)
-    assert [n for n in before if not torch.equal(before[n], after[n])]
-    key = "papo/kl_prcp" if method == "papo_g" else "vppo/dependency_mean"
-    # num_iterations 2: each generation batch is used twice, each micro-batch runs its own masked forward
-    assert len([r for r in trainer.state.log_history if key in r]) == 2
+    assert len(records) == 4  # 2 optimizer steps x 2 micro-batches, the second step on the reused batch
+    if method == "vppo":
+        assert all(r["dependency"] > 0 for r in records)
+        # the scales use the generation batch's min / max: a micro-batch's own scales need not reach 0.9
+        assert any(min(r["scales"]) > 0.9 + 1e-6 for r in records)
+    else:
+        assert all(r["kl"] > 1e-4 for r in records)
+
+
+def test_vppo_dependency_is_zero_without_masking_off_policy(tiny_vlm, tmp_path):
+    """Masking off: the masked and the real side are the same policy on the same image, so every dependency is
+    exactly 0, also in the second iteration over a generation batch (after an update)."""
+    trainer = make_trainer(tiny_vlm, tmp_path, method="vppo", perception_mask_probability=0.0, num_iterations=2,
+                           max_steps=2, mask_truncated_completions=False)
+    trainer.train()
+    logged = [r["vppo/dependency_mean"] for r in trainer.state.log_history if "vppo/dependency_mean" in r]
+    assert len(logged) == 2 and logged == [0.0, 0.0]
+
+
+def test_delta_is_easyr1_dual_clip(tiny_vlm, tmp_path):
+    """TRL's `delta` = 3 equals EasyR1's dual clip 3 (value and gradient) when delta >= 1 + epsilon_high: ratios pushed
+    past 3 on negative advantages are clipped the same way."""
+    trainer = make_trainer(tiny_vlm, tmp_path, method="dapo", delta=3.0, dynamic_sampling=False,
+                           mask_truncated_completions=False)
+    inputs = _prepared_batch(trainer, progress=0.0)
+    mask = inputs["completion_mask"].float()
+    with torch.no_grad():
+        logp = _plain_logps(trainer.model, inputs, 1.0)
+    shift = torch.tensor([1.5, -0.5, 0.05, -1.5, 0.3])  # ratios e^-1.5, e^0.5, 0.95, e^1.5 = 4.5, 0.74
+    shift = shift.repeat(logp.numel() // 5 + 1)[: logp.numel()].view_as(logp)
+    inputs["old_per_token_logps"] = logp + shift
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    loss = trainer.compute_loss(trainer.model, inputs)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    current = _plain_logps(trainer.model, inputs, 1.0)
+    adv = inputs["advantages"].unsqueeze(1).expand_as(current)
+    per_token = _easyr1_surrogate(current, inputs["old_per_token_logps"], adv, 0.2, 0.28, 3.0)
+    expected = (per_token * mask).sum() / inputs["num_items_in_batch"]
+    expected_grads = torch.autograd.grad(expected, params, allow_unused=True)
+    torch.testing.assert_close(loss.detach(), expected.detach(), atol=1e-6, rtol=1e-5)
+    pairs = [(g, e) for g, e in zip(grads, expected_grads) if e is not None]
+    scale = max(e.abs().max().item() for _, e in pairs)
+    assert max((g - e).abs().max().item() for g, e in pairs) <= 1e-4 * scale
+    # the dual clip was active (negative advantage, ratio > 3), so without it the loss differs
+    assert ((adv < 0) & (torch.exp(-shift) > 3) & mask.bool()).any()
+    without = _easyr1_surrogate(current, inputs["old_per_token_logps"], adv, 0.2, 0.28, float("inf"))
+    assert ((without * mask).sum() / inputs["num_items_in_batch"] - expected).abs() > 1e-4
+
+
+def test_dynamic_sampling_filter_follows_the_scripts(tiny_vlm, tmp_path):
+    """PAPO_D / VPPO filter on accuracy (format rewards left out), DAPO on the total reward."""
+    from pepo.dynamic_sampling import filter_reward_columns
+
+    names = ["format_reward", "accuracy_reward"]
+    assert filter_reward_columns(names, "total") == [0, 1]
+    assert filter_reward_columns(names, "accuracy") == [1]
+    assert filter_reward_columns(names, "format_reward") == [0]
+    with pytest.raises(ValueError, match="dynamic_sampling_filter='iou'.*format_reward"):
+        filter_reward_columns(names, "iou")
+
+    def format_reward(completions, **_):
+        return [float(i % 2) for i in range(len(completions))]  # mixed within every group
+
+    def accuracy_reward(completions, **_):
+        return [1.0] * len(completions)  # every group all-correct
+
+    model, processor = tiny_vlm
+    for method, kept in (("vppo", False), ("dapo", True)):
+        trainer = PEPOTrainer(model=model, reward_funcs=[format_reward, accuracy_reward],
+                              args=make_config(tmp_path, method=method, max_dynamic_sampling_rounds=1),
+                              train_dataset=make_rl_rows(8), processing_class=processor)
+        trainer.model.train()
+        trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+        metrics = trainer._metrics["train"]
+        # an all-correct group with mixed formats: dropped on accuracy (as the scripts do), kept on the total
+        assert (metrics["dynamic_sampling/dropped_groups"][-1] == 0) == kept, method
 
 
 def test_papo_masked_grad_differentiates_the_masked_branch(tiny_vlm, tmp_path):
