@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,11 +98,6 @@ class PerceptionArguments:
         metadata={"help": "Which policy gives the masked-image log-probs: `rollout` (once per generation batch, before "
                   "any update, reused across iterations: both public codes) or `current` (recomputed every micro-batch; "
                   "PAPO only, needed by papo_masked_grad). Default: rollout, current with papo_masked_grad."},
-    )
-    perception_float32_logps: bool = field(
-        default=True,
-        metadata={"help": "Compute the masked-forward log-probs (and VPPO's real-image side) from float32 logits "
-                  "when the model runs in bf16/fp16 (TRL computes them in the logits' dtype)."},
     )
     papo_masked_grad: bool = field(
         default=False,
@@ -247,35 +241,20 @@ class PerceptionMixin:
             )
         return values.reshape(target.shape)
 
-    @contextmanager
-    def _float32_logits(self, model):
-        """Make the output projection return float32 logits (bf16 / fp16 models), so that TRL's
-        log-softmax runs in float32; a no-op for float32 models or with ``perception_float32_logps`` off."""
-        head = self.accelerator.unwrap_model(model).get_output_embeddings() if self.args.perception_float32_logps \
-            else None
-        if head is None or head.weight.dtype == torch.float32:
-            yield
-            return
-        handle = head.register_forward_hook(lambda module, args, output: output.float())
-        try:
-            yield
-        finally:
-            handle.remove()
-
     def _logps_with_pixels(self, model, inputs: dict[str, Any], pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, C) log-probs of the sampled tokens with ``pixel_values`` in place of the batch's."""
         input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-        with self._float32_logits(model):
-            # TRL's helper (not the subclass wrappers): no PEPO hooks, same model inputs as the policy forward.
-            logps, _, _ = GRPOTrainer._get_per_token_logps_and_entropies(
-                self, model, input_ids, attention_mask, inputs["completion_ids"].size(1),
-                pixel_values=pixel_values, image_grid_thw=inputs.get("image_grid_thw"),
-                num_images=inputs.get("num_images"), pixel_attention_mask=inputs.get("pixel_attention_mask"),
-                spatial_shapes=inputs.get("spatial_shapes"), num_tiles=inputs.get("num_tiles"),
-                image_sizes=inputs.get("image_sizes"), token_type_ids=inputs.get("token_type_ids"),
-                mm_token_type_ids=inputs.get("mm_token_type_ids"), image_position_ids=inputs.get("image_position_ids"),
-            )
+        # TRL's helper (not the subclass wrappers): no PEPO hooks, same model inputs as the policy forward. TRL 1.16's
+        # fused LM head returns float32 log-probs; `cast_lm_head_to_fp32` (TRL) also projects in float32.
+        logps, _, _ = GRPOTrainer._get_per_token_logps_and_entropies(
+            self, model, input_ids, attention_mask, inputs["completion_ids"].size(1),
+            pixel_values=pixel_values, image_grid_thw=inputs.get("image_grid_thw"),
+            num_images=inputs.get("num_images"), pixel_attention_mask=inputs.get("pixel_attention_mask"),
+            spatial_shapes=inputs.get("spatial_shapes"), num_tiles=inputs.get("num_tiles"),
+            image_sizes=inputs.get("image_sizes"), token_type_ids=inputs.get("token_type_ids"),
+            mm_token_type_ids=inputs.get("mm_token_type_ids"), image_position_ids=inputs.get("image_position_ids"),
+        )
         return logps
 
     def _masked_logps(self, model, inputs: dict[str, Any], with_grad: bool = False) -> torch.Tensor:

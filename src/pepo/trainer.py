@@ -515,7 +515,7 @@ class PEPOTrainer(PerceptionMixin, GRPOTrainer):
                 model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
             )
             scores, hook_seconds = None, 0.0
-        self._apply_method(method, inputs, vision_mask, logps, scores, entropies, hook_seconds)
+        self._apply_token_weights(inputs, vision_mask, logps, scores, entropies, hook_seconds)
         return logps, entropies, aux
 
     def _loss_context(self, method: Method, inputs, vision_mask, logps, scores, entropies) -> LossContext:
@@ -538,9 +538,10 @@ class PEPOTrainer(PerceptionMixin, GRPOTrainer):
             accumulation=accumulation, token_normalizer=normalizer,
         )
 
-    def _apply_method(self, method: Method, inputs, vision_mask, logps, scores, entropies, hook_seconds: float) -> None:
+    def _apply_token_weights(self, inputs, vision_mask, logps, scores, entropies, hook_seconds: float) -> None:
         """Token-level advantages A_i * scale_i * weight_it * mask_it and the extra loss, from the method's hooks."""
         start = time.perf_counter()
+        method = self._pepo_step["method"]
         ctx = self._loss_context(method, inputs, vision_mask, logps, scores, entropies)
         weights = method.token_weights(ctx)
         scale = method.advantage_scale(ctx)
