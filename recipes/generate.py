@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from pepo.methods import builtin_methods
+
 ROOT = Path(__file__).parent
 
 THINK_ANSWER = (
@@ -52,23 +54,25 @@ COMMON = {
     "seed": 42,
 }
 
-METHODS = {
-    "grpo": {"method": "grpo", "loss_type": "grpo"},
-    "pepo_g": {"method": "pepo_g"},
-    "dapo": {"method": "dapo"},
-    "pepo_d": {"method": "pepo_d"},
-    "high_entropy": {"method": "high_entropy", "loss_type": "grpo", "high_entropy_quantile": 0.2},
-    "perception_only": {"method": "perception_only", "loss_type": "grpo"},
-    "exploration_only": {"method": "exploration_only", "loss_type": "grpo"},
+#: what each method's recipes set beyond the method's registry preset (pepo.methods); every built-in method except
+#: `pepo` (PEPO on whatever loss: the recipes name pepo_g / pepo_d) gets a recipe.
+_RECIPE_FIELDS = {
+    "grpo": {"loss_type": "grpo"},
+    "high_entropy": {"loss_type": "grpo", "high_entropy_quantile": 0.2},
+    "perception_only": {"loss_type": "grpo"},
+    "exploration_only": {"loss_type": "grpo"},
 }
+_NO_RECIPE = ("pepo",)
+METHODS = {name: {"method": name, **_RECIPE_FIELDS.get(name, {})} for name, m in builtin_methods().items()
+           if name not in _NO_RECIPE and not m.needs_masked_forward}
 
-# Perception-aware baselines (pepo.perception_trainer), with the defaults of their public training scripts as read
-# in issue 12 (PAPO: MikeWangWZHL/PAPO, VPPO: huaixuheqing/VPPO-RL). Rollout, batch and lr stay the task's, so a
+# Perception-aware baselines (the registry's methods with a masked forward), with the defaults of their public
+# training scripts as read in issues 12 and 19 (PAPO: MikeWangWZHL/PAPO, VPPO: huaixuheqing/VPPO-RL). Rollout, batch and lr stay the task's, so a
 # comparison with the PEPO recipes of the same task changes only the method.
 _PAPO_MASK = {"perception_mask_stage": "image", "perception_mask_block_size": 14, "perception_mask_probability": 0.6,
               "perception_mask_scope": "prompt", "perception_mask_fill": "black"}
 PERCEPTION_METHODS = {
-    "papo_g": {"method": "papo_g", "loss_type": "grpo", "beta": 0.01, "papo_kl_coef": 0.02,
+    "papo_g": {"method": "papo_g", "beta": 0.01, "papo_kl_coef": 0.02,
                "papo_entropy_coef": 0.05, "papo_masked_entropy_coef": 0.05, **_PAPO_MASK},
     "papo_d": {"method": "papo_d", "beta": 0.0, "papo_kl_coef": 0.01, "papo_entropy_coef": 0.03,
                "papo_masked_entropy_coef": 0.03, **_PAPO_MASK},
@@ -76,16 +80,18 @@ PERCEPTION_METHODS = {
              "perception_mask_probability": 0.5, "perception_mask_scope": "rollout", "perception_mask_fill": "black",
              "vppo_top_fraction": 0.4, "vppo_scale_min": 0.9, "vppo_entropy_coef": 0.06},
 }
+assert set(PERCEPTION_METHODS) == {n for n, m in builtin_methods().items() if m.needs_masked_forward}
 PERCEPTION_NOTES = {
     "papo_g": "PAPO_G (public scripts): KL to the reference 0.01, implicit perception loss 0.02, 14-px black blocks with "
-    "probability 0.6 on the raw image (one mask per prompt), masked log-probs without gradient. ASSUMPTION: double "
+    "probability 0.6 on the raw image (one mask per prompt), masked log-probs once per rollout batch with the rollout policy, without gradient. ASSUMPTION: double "
     "entropy 0.05 / 0.05 is the public 7B PAPO_G setting; set papo_entropy_coef and papo_masked_entropy_coef to 0 "
     "for PAPO_G without it.",
-    "papo_d": "PAPO_D (public scripts): DAPO preset, no KL to the reference, implicit perception loss 0.01, double "
-    "entropy 0.03 / 0.03, same masking as PAPO_G.",
-    "vppo": "VPPO (public scripts): DAPO preset (clip 0.2 / 0.28, accuracy filtering = dynamic sampling), no KL to the "
-    "reference, 14-px black blocks with probability 0.5 after resizing (a new mask per rollout), top 40% tokens by "
-    "visual dependency train, advantage scale min 0.9, entropy penalty 0.06.",
+    "papo_d": "PAPO_D (public scripts): clip-higher and online filtering on accuracy (no overlong filtering), no KL "
+    "to the reference, implicit perception loss 0.01, double entropy 0.03 / 0.03, same masking as PAPO_G.",
+    "vppo": "VPPO (public scripts): clip 0.2 / 0.28, online filtering on accuracy (no overlong filtering), no KL to the "
+    "reference, 14-px black blocks with probability 0.5 after resizing (a new mask per rollout), dependency from the "
+    "rollout policy with and without masking, top 40% tokens by visual dependency train, advantage scale min 0.9 "
+    "(min-max over the generation batch), entropy penalty 0.06 weighted by token share.",
 }
 
 TASKS = {
@@ -193,20 +199,35 @@ RELEASE_PEPO_D = {
 }
 
 
+#: what an unset preset-governed field becomes without a preset (PEPOConfig: TRL's defaults, no dynamic sampling)
+_UNSET = {"loss_type": "dapo", "epsilon_high": None, "delta": None, "mask_truncated_completions": False,
+          "dynamic_sampling": False, "dynamic_sampling_filter": "total"}
+
+
+def _resolved_note(method: dict) -> str:
+    """The loss shape a recipe resolves to: its explicit values, then the method's registry preset, then defaults."""
+    preset = builtin_methods()[method["method"]].preset
+    r = {k: method.get(k, preset.get(k, default)) for k, default in _UNSET.items()}
+    upper = r["epsilon_high"] if r["epsilon_high"] is not None else method.get("epsilon", 0.2)
+    parts = [f"loss {r['loss_type']}", f"clip {method.get('epsilon', 0.2):g} / {upper:g}"]
+    if r["delta"] is not None:
+        parts.append(f"dual clip {r['delta']:g} (delta)")
+    parts.append("overlong filtering" if r["mask_truncated_completions"] else "no overlong filtering")
+    parts.append(f"dynamic sampling on the {r['dynamic_sampling_filter']} reward" if r["dynamic_sampling"]
+                 else "no dynamic sampling")
+    return " Resolved: " + ", ".join(parts) + "."
+
+
 def _method_note(name: str, method: dict) -> str:
     """The header sentence that says what this recipe's method settings resolve to."""
     if name in RELEASE_PEPO_D:
         return (" Release-faithful PEPO_D (the release's own recipe): loss bnpo, dynamic sampling, overlong "
                 "filtering, no clip-higher (epsilon_high = epsilon = 0.2); these explicit values override the "
                 "pepo_d preset.")
-    note = ""
-    if method["method"] in ("dapo", "pepo_d", "papo_d", "vppo"):
-        note += " DAPO preset here: loss dapo, clip-higher 0.28, overlong filtering, dynamic sampling"
-        note += (("; the release's PEPO_D used loss bnpo without clip-higher (recipe geometry3k/qwen2_5_vl_3b/"
-                  "pepo_d_release.yaml; explicit loss_type / epsilon_high values override the preset).")
-                 if method["method"] in ("dapo", "pepo_d") else ".")
-    elif method["method"] == "pepo_g" or method.get("loss_type") == "grpo":
-        note += " Loss grpo, no dynamic sampling, no overlong filtering."
+    note = _resolved_note(method)
+    if method["method"] in ("dapo", "pepo_d"):
+        note += (" The release's PEPO_D used loss bnpo without clip-higher (recipe geometry3k/qwen2_5_vl_3b/"
+                 "pepo_d_release.yaml; explicit loss_type / epsilon_high values override the preset).")
     changed = {k: v for k, v in method.items() if k in ("gate_alpha", "vision_score_type", "k_shot")}
     if changed:
         note += " This variant: " + ", ".join(f"{k} {v}" for k, v in changed.items()) + "."

@@ -21,7 +21,9 @@ from PIL import Image
 
 from pepo.masking import block_grid, block_mask_image, block_mask_pixel_values
 from pepo.perception import low_var_kl, papo_terms, vppo_advantage_scale, vppo_token_mask
-from tests.test_trainer import _loss_and_grads, _max_diff, _prepared_batch, make_trainer
+from pepo.trainer import PEPOTrainer
+from tests.conftest import make_rl_rows
+from tests.test_trainer import _loss_and_grads, _max_diff, _prepared_batch, make_config, make_trainer
 
 # --- literal references ------------------------------------------------------------------------
 
@@ -277,10 +279,29 @@ def test_no_masking_gives_zero_kl(tiny_vlm, tmp_path, method):
     assert torch.equal(low_var_kl(_policy_logps(trainer, inputs), masked), torch.zeros_like(masked))
 
 
-@pytest.mark.parametrize("method,forwards", [("pepo", 1), ("grpo", 1), ("papo_g", 2), ("papo_d", 2), ("vppo", 2)])
-def test_forwards_per_micro_batch(tiny_vlm, tmp_path, method, forwards):
-    trainer = make_trainer(tiny_vlm, tmp_path, method=method)
-    inputs = _prepared_batch(trainer, progress=0.5)
+@pytest.mark.parametrize("method,forwards,masked", [("pepo", 1, 0), ("grpo", 1, 0), ("papo_g", 1, 1), ("papo_d", 1, 1),
+                                                    ("vppo", 1, 2)])
+def test_forwards_per_micro_batch_and_per_generation_batch(tiny_vlm, tmp_path, method, forwards, masked):
+    """One policy forward per micro-batch for every method; PAPO's masked forward (VPPO's: masked and real image)
+    runs once per generation batch, before the loss, never inside it."""
+    from trl import GRPOTrainer
+
+    trainer = make_trainer(tiny_vlm, tmp_path, method=method, per_device_train_batch_size=4,
+                           gradient_accumulation_steps=2)
+    helper_calls = []
+    original = GRPOTrainer._get_per_token_logps_and_entropies
+
+    def counting(self, *args, **kwargs):
+        helper_calls.append(kwargs.get("pixel_values") is not None)
+        return original(self, *args, **kwargs)
+
+    GRPOTrainer._get_per_token_logps_and_entropies = counting
+    try:
+        inputs = _prepared_batch(trainer, progress=0.5)  # generation batch of 8 rows, 2 micro-batches of 4
+    finally:
+        GRPOTrainer._get_per_token_logps_and_entropies = original
+    # TRL's own forwards at generation: none on-policy (ga 2 = steps_per_generation 2); ours: one per 4 rows
+    assert len(helper_calls) == 2 * masked
     calls = []
     handle = trainer.model.register_forward_pre_hook(lambda *_: calls.append(1))
     try:
@@ -288,23 +309,42 @@ def test_forwards_per_micro_batch(tiny_vlm, tmp_path, method, forwards):
     finally:
         handle.remove()
     assert len(calls) == forwards
+    if method == "papo_g":  # the paper's objective: the masked branch recomputed, with gradient, every micro-batch
+        trainer.args.papo_masked_grad = True
+        calls.clear()
+        handle = trainer.model.register_forward_pre_hook(lambda *_: calls.append(1))
+        try:
+            trainer.compute_loss(trainer.model, inputs)
+        finally:
+            handle.remove()
+        assert len(calls) == 2
 
 
 def test_method_defaults_and_presets(tmp_path):
     from tests.test_trainer import make_config
 
     # the preset fills loss_type only when it is unset; an explicit value wins (as for every preset)
-    assert make_config(tmp_path, method="papo_g", loss_type="bnpo").loss_type == "bnpo"
+    assert make_config(tmp_path, method="papo_g", loss_type="grpo").loss_type == "grpo"
     papo_g = make_config(tmp_path, method="papo_g")
-    assert (papo_g.loss_type, papo_g.papo_kl_coef, papo_g.papo_entropy_coef, papo_g.perception_mask_probability,
-            papo_g.perception_mask_stage, papo_g.perception_mask_scope) == ("grpo", 0.02, 0.05, 0.6, "image", "prompt")
+    # EasyR1's loss, which the public scripts keep: token mean over the micro-batch, clip 0.2 / 0.3, dual clip 3
+    assert (papo_g.loss_type, papo_g.epsilon, papo_g.epsilon_high, papo_g.delta, papo_g.papo_kl_coef,
+            papo_g.papo_entropy_coef, papo_g.perception_mask_probability, papo_g.perception_mask_stage,
+            papo_g.perception_mask_scope, papo_g.perception_masked_policy) == (
+        "bnpo", 0.2, 0.3, 3.0, 0.02, 0.05, 0.6, "image", "prompt", "rollout")
     papo_d = make_config(tmp_path, method="papo_d")
-    assert (papo_d.loss_type, papo_d.dynamic_sampling, papo_d.epsilon_high, papo_d.papo_kl_coef,
-            papo_d.papo_masked_entropy_coef) == ("dapo", True, 0.28, 0.01, 0.03)
+    assert (papo_d.loss_type, papo_d.dynamic_sampling, papo_d.dynamic_sampling_filter,
+            papo_d.mask_truncated_completions, papo_d.epsilon_high, papo_d.delta, papo_d.papo_kl_coef,
+            papo_d.papo_masked_entropy_coef) == ("bnpo", True, "accuracy", False, 0.28, 3.0, 0.01, 0.03)
     vppo = make_config(tmp_path, method="vppo", perception_mask_block_size=28)
-    assert (vppo.loss_type, vppo.dynamic_sampling, vppo.epsilon, vppo.epsilon_high, vppo.beta,
-            vppo.perception_mask_stage, vppo.perception_mask_probability, vppo.perception_mask_scope,
-            vppo.perception_mask_block_size) == ("dapo", True, 0.2, 0.28, 0.0, "pixels", 0.5, "rollout", 28)
+    assert (vppo.loss_type, vppo.dynamic_sampling, vppo.dynamic_sampling_filter, vppo.mask_truncated_completions,
+            vppo.epsilon, vppo.epsilon_high, vppo.delta, vppo.beta, vppo.perception_mask_stage,
+            vppo.perception_mask_probability, vppo.perception_mask_scope, vppo.perception_mask_block_size) == (
+        "dapo", True, "accuracy", False, 0.2, 0.28, 3.0, 0.0, "pixels", 0.5, "rollout", 28)
+    assert make_config(tmp_path, method="papo_g", papo_masked_grad=True).perception_masked_policy == "current"
+    with pytest.raises(ValueError, match="papo_masked_grad needs perception_masked_policy=current"):
+        make_config(tmp_path, method="papo_g", papo_masked_grad=True, perception_masked_policy="rollout")
+    with pytest.raises(ValueError, match="perception_masked_policy"):
+        make_config(tmp_path, method="vppo", perception_masked_policy="current")
     assert make_config(tmp_path, method="vppo", perception_mask_probability=0.0).perception_mask_probability == 0.0
     for bad in ({"perception_mask_stage": "after"}, {"perception_mask_probability": 1.5},
                 {"vppo_top_fraction": 0.0}, {"perception_mask_scope": "batch"}):
@@ -357,32 +397,230 @@ def test_perception_recipes_resolve_to_the_public_scripts_settings(backbone):
     resolved = {m: parse_train_args(["--config", str(root / "geometry3k" / backbone / f"{m}.yaml")])[1]
                 for m in ("papo_g", "papo_d", "vppo")}
     g, d, v = resolved["papo_g"], resolved["papo_d"], resolved["vppo"]
-    assert (g.loss_type, g.beta, g.papo_kl_coef, g.papo_entropy_coef, g.perception_mask_probability,
-            g.perception_mask_stage, g.perception_mask_scope) == ("grpo", 0.01, 0.02, 0.05, 0.6, "image", "prompt")
-    assert (d.loss_type, d.beta, d.dynamic_sampling, d.papo_kl_coef, d.papo_masked_entropy_coef) == (
-        "dapo", 0.0, True, 0.01, 0.03)
-    assert (v.loss_type, v.beta, v.dynamic_sampling, v.epsilon, v.epsilon_high, v.perception_mask_stage,
-            v.perception_mask_probability, v.vppo_top_fraction, v.vppo_scale_min, v.vppo_entropy_coef) == (
-        "dapo", 0.0, True, 0.2, 0.28, "pixels", 0.5, 0.4, 0.9, 0.06)
+    assert (g.loss_type, g.epsilon_high, g.delta, g.beta, g.papo_kl_coef, g.papo_entropy_coef,
+            g.perception_mask_probability, g.perception_mask_stage, g.perception_mask_scope) == (
+        "bnpo", 0.3, 3.0, 0.01, 0.02, 0.05, 0.6, "image", "prompt")
+    assert (d.loss_type, d.delta, d.beta, d.dynamic_sampling, d.dynamic_sampling_filter, d.mask_truncated_completions,
+            d.papo_kl_coef, d.papo_masked_entropy_coef) == ("bnpo", 3.0, 0.0, True, "accuracy", False, 0.01, 0.03)
+    assert (v.loss_type, v.beta, v.dynamic_sampling, v.dynamic_sampling_filter, v.mask_truncated_completions,
+            v.epsilon, v.epsilon_high, v.delta, v.perception_mask_stage, v.perception_mask_probability,
+            v.vppo_top_fraction, v.vppo_scale_min, v.vppo_entropy_coef) == (
+        "dapo", 0.0, True, "accuracy", False, 0.2, 0.28, 3.0, "pixels", 0.5, 0.4, 0.9, 0.06)
     virl = parse_train_args(["--config", str(root / "virl39k" / "qwen2_5_vl_3b" / "papo_g.yaml")])[1]
     assert (virl.method, virl.beta, virl.papo_kl_coef) == ("papo_g", 0.01, 0.02)
 
 
-@pytest.mark.parametrize("method,overrides", [
-    ("papo_g", {"beta": 0.04, "num_iterations": 2, "gradient_checkpointing": True, "papo_masked_grad": True}),
-    ("vppo", {"num_iterations": 2, "gradient_checkpointing": True}),
-], ids=["papo_g-kl-2iters-ckpt-maskedgrad", "vppo-2iters-ckpt"])
-def test_perception_methods_in_other_training_setups(tiny_vlm, tmp_path, method, overrides):
-    from tests.test_trainer import snapshot
+# --- whole training runs against independent references ----------------------------------------------
 
-    trainer = _untruncated(make_trainer(tiny_vlm, tmp_path, method=method, **overrides))
-    before = snapshot(trainer.model)
+
+def _row_key(batch, b: int) -> tuple:
+    return tuple(batch["prompt_ids"][b].tolist()), tuple(batch["completion_ids"][b].tolist())
+
+
+def _plain_logps(model, inputs, temperature: float) -> torch.Tensor:
+    """(B, C) float32 log-probs of the completion tokens from a plain forward, with gradient."""
+    prompt, completion = inputs["prompt_ids"], inputs["completion_ids"]
+    kwargs = {"image_grid_thw": inputs["image_grid_thw"]}
+    if inputs.get("mm_token_type_ids") is not None:
+        kwargs["mm_token_type_ids"] = inputs["mm_token_type_ids"]
+    logits = model(input_ids=torch.cat([prompt, completion], 1), pixel_values=inputs["pixel_values"],
+                   attention_mask=torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1), **kwargs).logits
+    logits = logits[:, prompt.shape[1] - 1 : -1].float() / temperature
+    return torch.log_softmax(logits, -1).gather(-1, completion.unsqueeze(-1)).squeeze(-1)
+
+
+def _easyr1_surrogate(logp, old, adv, low, high, dual):
+    """EasyR1's (PAPO's / VPPO's code base) clipped surrogate with dual clip, per token."""
+    ratio = torch.exp(logp - old)
+    loss1, loss2 = -adv * ratio, -adv * torch.clamp(ratio, 1 - low, 1 + high)
+    clipped = torch.max(loss1, loss2)
+    return torch.where(adv < 0, torch.min(clipped, -adv * dual), clipped)
+
+
+def _vppo_loop(deps, masks, micro_rows, batch_rows, fraction, scale_min):
+    """float64 loop: per micro-batch row, the selected positions and the advantage scale (min-max over the
+    generation batch ``batch_rows``, mean over the micro-batch, as VPPO's public code over its update batch)."""
+    def mean_dep(r):
+        n = sum(masks[r])
+        return sum(d for d, m in zip(deps[r], masks[r]) if m) / n if n else None
+
+    means = {r: mean_dep(r) for r in batch_rows}
+    present = [m for m in means.values() if m is not None]
+    lo, hi = min(present), max(present)
+    active = len(present) > 1 and hi - lo > 1e-6
+    s_hat = {r: min(1.0, max(0.0, (means[r] - lo) / (hi - lo))) for r in micro_rows if active and means[r] is not None}
+    mu = sum(s_hat.values()) / len(s_hat) if s_hat else 0.0
+    selected, scales = [], []
+    for r in micro_rows:
+        positions = [t for t, m in enumerate(masks[r]) if m]
+        k = math.ceil(Fraction(str(fraction)) * len(positions))
+        selected.append(set(sorted(positions, key=lambda t: (-deps[r][t], t))[:k]))
+        scales.append(scale_min + s_hat[r] * (1 - scale_min) / (mu + 1e-8) if r in s_hat else 1.0)
+    return selected, scales
+
+
+def _check_against_rollout_references(trainer) -> list[dict]:
+    """Every generation batch: record, per row, float64 log-probs of the *rollout* policy with the real and the
+    masked image from plain forwards. Every micro-batch (every iteration): the trainer's loss and gradient equal
+    the public code's formulas on those records, written out here."""
+    args = trainer.args
+    rollouts: dict[tuple, dict] = {}
+    records: list[dict] = []
+    generate, compute = trainer._generate_and_score_completions, trainer._compute_loss
+
+    def recorded(inputs):
+        out = generate(inputs)
+        real = _reference_logps(trainer, out, out["pixel_values"])
+        masked = _reference_logps(trainer, out, trainer._masked_pixel_values(out))
+        keys = [_row_key(out, b) for b in range(len(out["advantages"]))]
+        for b, key in enumerate(keys):
+            rollouts[key] = {"adv": out["advantages"][b].item(), "real": real[b], "masked": masked[b], "batch": keys,
+                             "column": out["vppo_dependency"][b].tolist() if "vppo_dependency" in out else None,
+                             "mask": out["completion_mask"][b].bool().tolist()}
+        return out
+
+    def checked(model, inputs):
+        keys = [_row_key(inputs, b) for b in range(len(inputs["advantages"]))]
+        rows = [rollouts[k] for k in keys]
+        mask = inputs["completion_mask"].bool()
+        maskf = mask.float()
+        params = [p for p in model.parameters() if p.requires_grad]
+        logp = _plain_logps(model, inputs, args.temperature)
+        advantages = torch.tensor([r["adv"] for r in rows]).unsqueeze(1).expand_as(logp).clone()
+        real, masked = torch.stack([r["real"] for r in rows]), torch.stack([r["masked"] for r in rows])
+        ga = trainer.current_gradient_accumulation_steps
+        if args.method == "vppo":
+            dependency = torch.tensor([[min(10.0, max(0.0, loop_low_var_kl(a, b))) for a, b in zip(x.tolist(), y.tolist())]
+                                       for x, y in zip(real, masked)], dtype=torch.float64)
+            column = torch.tensor([r["column"] for r in rows], dtype=torch.float64)
+            torch.testing.assert_close(column * maskf, dependency * maskf, atol=2e-5, rtol=0)
+            # selection from the trainer's float32 column: a float64 near-tie must not flip the top-k cut
+            batch = {k: rollouts[k] for k in rows[0]["batch"]}
+            deps = {k: r["column"] for k, r in batch.items()}
+            masks = {k: r["mask"] for k, r in batch.items()}
+            selected, scales = _vppo_loop(deps, masks, keys, list(batch), args.vppo_top_fraction, args.vppo_scale_min)
+            select = torch.zeros_like(maskf)
+            for b, positions in enumerate(selected):
+                select[b, list(positions)] = 1.0
+            advantages = advantages * torch.tensor(scales).unsqueeze(1) * select
+            normalizer = inputs["num_items_in_batch"] * ga / args.steps_per_generation
+            per_token = _easyr1_surrogate(logp, inputs["old_per_token_logps"], advantages, args.epsilon,
+                                          args.epsilon_high, 3.0)
+            expected = ((per_token * maskf).sum() + args.vppo_entropy_coef * (-logp * maskf).sum()) / normalizer
+            records.append({"dependency": (dependency * maskf).sum().item() / maskf.sum().item(),
+                            "scales": scales})
+        else:  # PAPO: token mean over the micro-batch, extra terms against the rollout policy's masked log-probs
+            per_token = _easyr1_surrogate(logp, inputs["old_per_token_logps"], advantages, args.epsilon,
+                                          args.epsilon_high, 3.0)
+            d = (masked.float() - logp).clamp(-20, 20)
+            kl = (((torch.exp(d) - d - 1).clamp(-10, 10)) * maskf).sum() / maskf.sum()
+            extra = (-args.papo_kl_coef * kl + args.papo_entropy_coef * (-logp * maskf).sum() / maskf.sum()
+                     + args.papo_masked_entropy_coef * (-masked.float() * maskf).sum() / maskf.sum())
+            expected = ((per_token * maskf).sum() / maskf.sum() + extra) / ga
+            records.append({"kl": kl.item()})
+        expected_grads = torch.autograd.grad(expected, params, allow_unused=True)
+        loss = compute(model, inputs)
+        grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
+        pairs = [(g, e) for g, e in zip(grads, expected_grads) if e is not None]
+        scale = max(e.abs().max().item() for _, e in pairs)
+        assert scale > 0
+        torch.testing.assert_close(loss.detach(), expected.detach(), atol=1e-6, rtol=1e-4)
+        diff = max(((torch.zeros_like(e) if g is None else g) - e).abs().max().item() for g, e in pairs)
+        assert diff <= 1e-4 * scale, f"gradient differs by {diff:.3g} (scale {scale:.3g})"
+        return loss
+
+    trainer._generate_and_score_completions = recorded
+    trainer._compute_loss = checked
+    return records
+
+
+@pytest.mark.parametrize("method", ["vppo", "papo_g"])
+def test_off_policy_training_equals_the_public_code_on_rollout_references(tiny_vlm, tmp_path, method):
+    """Two iterations over each generation batch (the second after an update), two micro-batches per generation
+    batch: every micro-batch's loss and gradient equal the public code's formulas with the masked (and, for VPPO,
+    real-image) log-probs of the rollout policy, VPPO's scale normalised over the generation batch, its entropy
+    penalty by token share, and EasyR1's dual clip."""
+    extra = {"dynamic_sampling": False} if method == "vppo" else {}
+    trainer = make_trainer(tiny_vlm, tmp_path, method=method, num_iterations=2, per_device_train_batch_size=4,
+                           gradient_accumulation_steps=2, **extra)
+    records = _check_against_rollout_references(trainer)
     trainer.train()
-    after = snapshot(trainer.model)
-    assert [n for n in before if not torch.equal(before[n], after[n])]
-    key = "papo/kl_prcp" if method == "papo_g" else "vppo/dependency_mean"
-    # num_iterations 2: each generation batch is used twice, each micro-batch runs its own masked forward
-    assert len([r for r in trainer.state.log_history if key in r]) == 2
+    assert len(records) == 4  # 2 optimizer steps x 2 micro-batches, the second step on the reused batch
+    if method == "vppo":
+        assert all(r["dependency"] > 0 for r in records)
+        # the scales use the generation batch's min / max: a micro-batch's own scales need not reach 0.9
+        assert any(min(r["scales"]) > 0.9 + 1e-6 for r in records)
+    else:
+        assert all(r["kl"] > 1e-4 for r in records)
+
+
+def test_vppo_dependency_is_zero_without_masking_off_policy(tiny_vlm, tmp_path):
+    """Masking off: the masked and the real side are the same policy on the same image, so every dependency is
+    exactly 0, also in the second iteration over a generation batch (after an update)."""
+    trainer = make_trainer(tiny_vlm, tmp_path, method="vppo", perception_mask_probability=0.0, num_iterations=2,
+                           max_steps=2, mask_truncated_completions=False)
+    trainer.train()
+    logged = [r["vppo/dependency_mean"] for r in trainer.state.log_history if "vppo/dependency_mean" in r]
+    assert len(logged) == 2 and logged == [0.0, 0.0]
+
+
+def test_delta_is_easyr1_dual_clip(tiny_vlm, tmp_path):
+    """TRL's `delta` = 3 equals EasyR1's dual clip 3 (value and gradient) when delta >= 1 + epsilon_high: ratios pushed
+    past 3 on negative advantages are clipped the same way."""
+    trainer = make_trainer(tiny_vlm, tmp_path, method="dapo", delta=3.0, dynamic_sampling=False,
+                           mask_truncated_completions=False)
+    inputs = _prepared_batch(trainer, progress=0.0)
+    mask = inputs["completion_mask"].float()
+    with torch.no_grad():
+        logp = _plain_logps(trainer.model, inputs, 1.0)
+    shift = torch.tensor([1.5, -0.5, 0.05, -1.5, 0.3])  # ratios e^-1.5, e^0.5, 0.95, e^1.5 = 4.5, 0.74
+    shift = shift.repeat(logp.numel() // 5 + 1)[: logp.numel()].view_as(logp)
+    inputs["old_per_token_logps"] = logp + shift
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    loss = trainer.compute_loss(trainer.model, inputs)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    current = _plain_logps(trainer.model, inputs, 1.0)
+    adv = inputs["advantages"].unsqueeze(1).expand_as(current)
+    per_token = _easyr1_surrogate(current, inputs["old_per_token_logps"], adv, 0.2, 0.28, 3.0)
+    expected = (per_token * mask).sum() / inputs["num_items_in_batch"]
+    expected_grads = torch.autograd.grad(expected, params, allow_unused=True)
+    torch.testing.assert_close(loss.detach(), expected.detach(), atol=1e-6, rtol=1e-5)
+    pairs = [(g, e) for g, e in zip(grads, expected_grads) if e is not None]
+    scale = max(e.abs().max().item() for _, e in pairs)
+    assert max((g - e).abs().max().item() for g, e in pairs) <= 1e-4 * scale
+    # the dual clip was active (negative advantage, ratio > 3), so without it the loss differs
+    assert ((adv < 0) & (torch.exp(-shift) > 3) & mask.bool()).any()
+    without = _easyr1_surrogate(current, inputs["old_per_token_logps"], adv, 0.2, 0.28, float("inf"))
+    assert ((without * mask).sum() / inputs["num_items_in_batch"] - expected).abs() > 1e-4
+
+
+def test_dynamic_sampling_filter_follows_the_scripts(tiny_vlm, tmp_path):
+    """PAPO_D / VPPO filter on accuracy (format rewards left out), DAPO on the total reward."""
+    from pepo.dynamic_sampling import filter_reward_columns
+
+    names = ["format_reward", "accuracy_reward"]
+    assert filter_reward_columns(names, "total") == [0, 1]
+    assert filter_reward_columns(names, "accuracy") == [1]
+    assert filter_reward_columns(names, "format_reward") == [0]
+    with pytest.raises(ValueError, match="dynamic_sampling_filter='iou'.*format_reward"):
+        filter_reward_columns(names, "iou")
+
+    def format_reward(completions, **_):
+        return [float(i % 2) for i in range(len(completions))]  # mixed within every group
+
+    def accuracy_reward(completions, **_):
+        return [1.0] * len(completions)  # every group all-correct
+
+    model, processor = tiny_vlm
+    for method, kept in (("vppo", False), ("dapo", True)):
+        trainer = PEPOTrainer(model=model, reward_funcs=[format_reward, accuracy_reward],
+                              args=make_config(tmp_path, method=method, max_dynamic_sampling_rounds=1),
+                              train_dataset=make_rl_rows(8), processing_class=processor)
+        trainer.model.train()
+        trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+        metrics = trainer._metrics["train"]
+        # an all-correct group with mixed formats: dropped on accuracy (as the scripts do), kept on the total
+        assert (metrics["dynamic_sampling/dropped_groups"][-1] == 0) == kept, method
 
 
 def test_papo_masked_grad_differentiates_the_masked_branch(tiny_vlm, tmp_path):

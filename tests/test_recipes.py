@@ -184,26 +184,28 @@ def test_eval_task_scores_its_own_ground_truth(stand_ins, task, stand_in, split)
 # --- what each recipe resolves to -----------------------------------------------------------------------------
 
 #: recipe method -> (loss_type, upper clip epsilon, overlong filtering, dynamic sampling, token weighting, header says)
+_G = "Resolved: loss grpo, clip 0.2 / 0.2, no overlong filtering, no dynamic sampling."
+_D = "Resolved: loss dapo, clip 0.2 / 0.28, overlong filtering, dynamic sampling on the total reward."
 RESOLVED_METHOD = {
-    "grpo": ("grpo", 0.2, False, False, None, "Loss grpo, no dynamic sampling, no overlong filtering."),
-    "pepo_g": ("grpo", 0.2, False, False, "pepo", "Loss grpo, no dynamic sampling, no overlong filtering."),
-    "high_entropy": ("grpo", 0.2, False, False, None, "Loss grpo, no dynamic sampling, no overlong filtering."),
-    "perception_only": ("grpo", 0.2, False, False, "perception_only",
-                        "Loss grpo, no dynamic sampling, no overlong filtering."),
-    "exploration_only": ("grpo", 0.2, False, False, "exploration_only",
-                         "Loss grpo, no dynamic sampling, no overlong filtering."),
-    "dapo": ("dapo", 0.28, True, True, None,
-             "DAPO preset here: loss dapo, clip-higher 0.28, overlong filtering, dynamic sampling"),
-    "pepo_d": ("dapo", 0.28, True, True, "pepo",
-               "DAPO preset here: loss dapo, clip-higher 0.28, overlong filtering, dynamic sampling"),
-    "papo_g": ("grpo", 0.2, False, False, None, "Loss grpo, no dynamic sampling, no overlong filtering."),
-    "papo_d": ("dapo", 0.28, True, True, None,
-               "DAPO preset here: loss dapo, clip-higher 0.28, overlong filtering, dynamic sampling"),
-    "vppo": ("dapo", 0.28, True, True, None,
-             "DAPO preset here: loss dapo, clip-higher 0.28, overlong filtering, dynamic sampling"),
+    "grpo": ("grpo", 0.2, False, False, None, _G),
+    "pepo_g": ("grpo", 0.2, False, False, "pepo", _G),
+    "high_entropy": ("grpo", 0.2, False, False, None, _G),
+    "perception_only": ("grpo", 0.2, False, False, "perception_only", _G),
+    "exploration_only": ("grpo", 0.2, False, False, "exploration_only", _G),
+    "dapo": ("dapo", 0.28, True, True, None, _D),
+    "pepo_d": ("dapo", 0.28, True, True, "pepo", _D),
+    # the public scripts run EasyR1's loss: token mean over the micro-batch (bnpo), clip 0.2 / 0.3, dual clip 3
+    "papo_g": ("bnpo", 0.3, False, False, None,
+               "Resolved: loss bnpo, clip 0.2 / 0.3, dual clip 3 (delta), no overlong filtering, no dynamic sampling."),
+    "papo_d": ("bnpo", 0.28, False, True, None, "Resolved: loss bnpo, clip 0.2 / 0.28, dual clip 3 (delta), no overlong "
+               "filtering, dynamic sampling on the accuracy reward."),
+    "vppo": ("dapo", 0.28, False, True, None, "Resolved: loss dapo, clip 0.2 / 0.28, dual clip 3 (delta), no overlong "
+             "filtering, dynamic sampling on the accuracy reward."),
     "pepo_d_release": ("bnpo", 0.2, True, True, "pepo",
                        "loss bnpo, dynamic sampling, overlong filtering, no clip-higher (epsilon_high = epsilon = 0.2)"),
 }
+#: method -> (dual clip delta, dynamic sampling filter) where they are not TRL's / DAPO's (None, total)
+RESOLVED_CLIP_FILTER = {"papo_g": (3.0, "total"), "papo_d": (3.0, "accuracy"), "vppo": (3.0, "accuracy")}
 #: method -> (beta, what the header says about it) where the method's public scripts set their own KL
 RESOLVED_BETA = {"papo_g": (0.01, "KL to the reference 0.01"), "papo_d": (0.0, "no KL to the reference"),
                  "vppo": (0.0, "no KL to the reference")}
@@ -237,6 +239,7 @@ def test_recipe_resolves_to_what_its_header_says(recipe, tmp_path):
     assert (args.loss_type, upper, args.mask_truncated_completions, args.dynamic_sampling) == (
         loss, clip_high, overlong, dynamic)
     assert args.epsilon == 0.2 and args.token_weighting == weighting
+    assert (args.delta, args.dynamic_sampling_filter) == RESOLVED_CLIP_FILTER.get(method, (None, "total"))
     assert args.top_entropy_quantile == (0.2 if method == "high_entropy" else 1.0)
     beta, alpha, lr = RESOLVED_TASK[task]
     beta_says = f"beta {beta:g}"

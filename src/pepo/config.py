@@ -19,7 +19,8 @@ from typing import Any, Sequence
 import yaml
 from transformers import HfArgumentParser
 
-from pepo.trainer import PRESETS, PEPOConfig
+from pepo.methods import get_method
+from pepo.trainer import PEPOConfig
 
 __all__ = ["ScriptArguments", "ConfigError", "load_yaml", "parse_train_args", "demo_recipe_path", "known_keys"]
 
@@ -249,7 +250,11 @@ def _let_method_preset_replace_base(values: dict[str, Any], base: dict[str, Any]
     the config file or the command line are explicit and are never dropped (PEPOConfig honours them).
     """
     method = _flag_value(argv, "method") or chosen.get("method") or base.get("method")
-    for name in PRESETS.get(str(method), {}):
+    try:
+        preset = get_method(str(method)).preset
+    except ValueError:  # PEPOConfig reports the unknown method, with the list of known ones
+        preset = {}
+    for name in preset:
         if name in base and name not in chosen and _flag_value(argv, name) is None:
             values.pop(name, None)
 

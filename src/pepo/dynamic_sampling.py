@@ -17,7 +17,10 @@ from typing import Any, Sequence
 import torch
 from trl.trainer.utils import split_pixel_values_by_grid, unsplit_pixel_values_by_grid
 
-__all__ = ["informative_groups", "total_rewards", "concat_batches", "select_rows"]
+__all__ = ["FILTERS", "filter_reward_columns", "informative_groups", "total_rewards", "concat_batches", "select_rows"]
+
+#: `dynamic_sampling_filter` values besides a reward function's name
+FILTERS = ("total", "accuracy")
 
 #: (B, P) tensors aligned with the left-padded prompt, and their padding values (pad id filled in later).
 _PROMPT_KEYS = {"prompt_ids": None, "prompt_mask": 0}
@@ -94,6 +97,30 @@ def total_rewards(rewards_per_func: torch.Tensor, reward_weights: torch.Tensor) 
     """
     total = (rewards_per_func * reward_weights.to(rewards_per_func.device).unsqueeze(0)).nansum(dim=1)
     return torch.where(torch.isnan(rewards_per_func).all(dim=1), torch.nan, total)
+
+
+def filter_reward_columns(names: Sequence[str], filter_key: str) -> list[int]:
+    """Indices of the reward functions whose weighted sum dynamic sampling compares within a group.
+
+    ``total``: all of them (DAPO). ``accuracy``: all but the format rewards (names containing
+    ``format``), which is what the public PAPO_D / VPPO scripts filter on (``filter_key=accuracy``:
+    PAPO_D's reward is 0.9 accuracy + 0.1 format, VPPO's has no format term). Otherwise the one
+    function of that name.
+
+    Raises:
+        ValueError: no reward function matches, naming the option and the functions.
+    """
+    names = list(names)
+    if filter_key == "total":
+        columns = list(range(len(names)))
+    elif filter_key == "accuracy":
+        columns = [i for i, name in enumerate(names) if "format" not in name.lower()]
+    else:
+        columns = [i for i, name in enumerate(names) if name == filter_key]
+    if not columns:
+        raise ValueError(f"dynamic_sampling_filter={filter_key!r} matches none of the reward functions {names}; set "
+                         f"it to `total` or to one of those names.")
+    return columns
 
 
 def _check_keys(batch: dict[str, Any]) -> None:

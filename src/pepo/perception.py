@@ -15,7 +15,10 @@ k >= 0, and k = 0 exactly when the two log-probabilities agree (no masking).
   response only the top ceil(fraction x length) tokens keep their policy gradient
   (:func:`vppo_token_mask`), and each response's advantage is scaled by
   ``scale_min + s_hat * (1 - scale_min) / mean(s_hat)``, s_hat the response's mean dependency
-  min-max normalised over the batch (:func:`vppo_advantage_scale`).
+  min-max normalised over the batch (:func:`vppo_advantage_scale`). The public code takes min and
+  max over the whole update batch of the device and the mean over the micro-batch; the trainer
+  does the same with :func:`vppo_normalised_scores` (once per generation batch) and
+  :func:`vppo_scale_from_scores` (per micro-batch).
 
 Shapes: B responses, C completion positions; ``mask`` (B, C) marks valid completion tokens.
 """
@@ -24,7 +27,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["low_var_kl", "masked_mean", "papo_terms", "vppo_token_mask", "vppo_advantage_scale"]
+__all__ = ["low_var_kl", "masked_mean", "papo_terms", "vppo_token_mask", "vppo_advantage_scale",
+           "vppo_normalised_scores", "vppo_scale_from_scores"]
 
 
 def low_var_kl(logp: torch.Tensor, logp_masked: torch.Tensor) -> torch.Tensor:
@@ -96,3 +100,41 @@ def vppo_advantage_scale(dependency: torch.Tensor, mask: torch.Tensor, scale_min
     average = s_hat[has].mean()
     scale[has] = scale_min + s_hat[has] * (1.0 - scale_min) / average.clamp(min=eps)
     return scale
+
+
+#: VPPO's public code leaves every scale at 1 unless max - min of the mean dependencies exceeds this
+VPPO_RANGE_EPS = 1e-6
+
+
+def vppo_normalised_scores(dependency: torch.Tensor, mask: torch.Tensor, eps: float = VPPO_RANGE_EPS) -> torch.Tensor:
+    """(N,) float32 ``s_hat``: each response's mean dependency min-max normalised over the N responses.
+
+    Min and max are taken over the responses with a valid token, as VPPO's public code does over
+    its update batch. NaN marks "no scale" (the response keeps scale 1): a response without a valid
+    token, and every response when fewer than two responses have a valid token or max - min <= ``eps``.
+    """
+    valid = mask.bool()
+    counts = valid.sum(1)
+    has = counts > 0
+    means = (dependency.float() * valid).sum(1) / counts.clamp(min=1)
+    nan = torch.full_like(means, float("nan"))
+    present = means[has]
+    if present.numel() < 2:
+        return nan
+    lo, hi = present.min(), present.max()
+    if not hi - lo > eps:
+        return nan
+    return torch.where(has, ((means - lo) / (hi - lo)).clamp(0.0, 1.0), nan)
+
+
+def vppo_scale_from_scores(scores: torch.Tensor, scale_min: float, eps: float = 1e-8) -> torch.Tensor:
+    """(B,) advantage scale of a micro-batch: ``scale_min + s_hat * (1 - scale_min) / (mean(s_hat) + eps)``.
+
+    ``scores`` are :func:`vppo_normalised_scores` of these B responses (NaN: scale 1); the mean is
+    over this micro-batch's non-NaN scores, as in VPPO's public code.
+    """
+    scores = scores.float()
+    has = ~torch.isnan(scores)
+    average = torch.nanmean(scores)  # NaN only when every score is, and then every scale is 1 (no host sync)
+    return torch.where(has, scale_min + torch.nan_to_num(scores) * (1.0 - scale_min) / (average + eps),
+                       torch.ones_like(scores))

@@ -1,48 +1,58 @@
-"""PAPO and VPPO inside :class:`pepo.trainer.PEPOTrainer`: options, the masked-image forward, the loss hook.
+"""The masked-image forward of the perception-aware methods (PAPO, VPPO, yours) inside ``PEPOTrainer``.
 
 * :class:`PerceptionArguments` holds the options (mixed into ``PEPOConfig``); ``None`` means "the
-  method's default" (:data:`PERCEPTION_DEFAULTS`, from the public training scripts).
-* :class:`PerceptionMixin` sits between ``PEPOTrainer`` and TRL's ``GRPOTrainer``:
+  method's preset" (:mod:`pepo.methods.papo`, :mod:`pepo.methods.vppo`: the public scripts' values).
+* :class:`PerceptionMixin` sits between ``PEPOTrainer`` and TRL's ``GRPOTrainer``, for every method
+  that declares ``needs_masked_forward``:
 
   1. after TRL generates and scores a batch, every completion row gets a mask seed
-     (``perception_seed``; one per prompt for PAPO, one per rollout for VPPO) and, for masking
-     before resizing, its raw images (``perception_images``). Both travel with the row through
+     (``perception_seed``; one per prompt or one per rollout, ``perception_mask_scope``) and, for
+     masking before resizing, its raw images (``perception_images``). Seeds are deterministic in
+     (seed, global step, generation call of that step, process). They travel with the row through
      TRL's shuffling and splitting and through DAPO dynamic sampling.
-  2. in ``_compute_loss``, before the policy forward, one extra forward per micro-batch computes
-     the policy's token log-probabilities with each row's image corrupted (``torch.no_grad`` unless
-     ``papo_masked_grad``). It calls TRL's own forward helper, so every model family TRL supports
-     gets its usual inputs, only ``pixel_values`` differ.
-  3. right after the policy forward (same place PEPO builds its weights), PAPO computes its extra
-     loss terms and VPPO rewrites the token-level advantages; PAPO's terms are added to TRL's loss.
+  2. once the generation batch is final (after dynamic sampling), before any update, one no-grad
+     forward per ``per_device_train_batch_size`` rows computes the *rollout* policy's log-probs with
+     each row's image corrupted (``masked_per_token_logps``), and for methods with ``rollout_keys``
+     also with the real image, in the same chunks (so that no masking gives exactly equal sides);
+     then the method's ``rollout_columns`` (e.g. VPPO's dependency and normalised scores over the
+     generation batch) are added as per-row columns. This is what both public codes do (once per
+     rollout batch, reused for every update). ``perception_masked_policy current`` (PAPO only)
+     recomputes the masked log-probs every micro-batch with the current policy instead.
+  3. the methods' loss changes are pure functions of those columns (:mod:`pepo.methods`).
 
-PEPO itself never runs the extra forward (tested: one forward per micro-batch for PEPO, two here).
+It calls TRL's own forward helper, so every model family TRL supports gets its usual inputs, only
+``pixel_values`` differ. PEPO itself never runs the extra forward (tested).
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from trl import GRPOTrainer
+from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import split_pixel_values_by_grid
 
+from pepo.dynamic_sampling import select_rows
 from pepo.masking import FILLS, STAGES, block_mask_image, block_mask_pixel_values
-from pepo.perception import low_var_kl, masked_mean, papo_terms, vppo_advantage_scale, vppo_token_mask
+from pepo.methods import Method, RolloutContext, builtin_methods, get_method
 
 __all__ = ["PERCEPTION_DEFAULTS", "PerceptionArguments", "PerceptionMixin"]
 
-#: method -> defaults of its public training scripts (issue 12; PAPO: MikeWangWZHL/PAPO, VPPO: huaixuheqing/VPPO-RL)
-PERCEPTION_DEFAULTS: dict[str, dict[str, Any]] = {
-    "papo_g": {"perception_mask_stage": "image", "perception_mask_probability": 0.6, "perception_mask_scope": "prompt",
-               "papo_kl_coef": 0.02, "papo_entropy_coef": 0.05, "papo_masked_entropy_coef": 0.05},
-    "papo_d": {"perception_mask_stage": "image", "perception_mask_probability": 0.6, "perception_mask_scope": "prompt",
-               "papo_kl_coef": 0.01, "papo_entropy_coef": 0.03, "papo_masked_entropy_coef": 0.03},
-    "vppo": {"perception_mask_stage": "pixels", "perception_mask_probability": 0.5,
-             "perception_mask_scope": "rollout"},
-}
 _SCOPES = ("prompt", "rollout")
+#: masking options of a method with a masked forward whose preset does not set them (VPPO's choices)
+_MASK_FALLBACKS = {"perception_mask_stage": "pixels", "perception_mask_probability": 0.5,
+                   "perception_mask_scope": "rollout"}
+_MASK_FIELDS = ("perception_mask_stage", "perception_mask_probability", "perception_mask_scope", "papo_kl_coef",
+                "papo_entropy_coef", "papo_masked_entropy_coef")
+#: built-in method -> its masking / PAPO options (from the registry; benchmarks switch methods in place with these)
+PERCEPTION_DEFAULTS: dict[str, dict[str, Any]] = {
+    name: {k: v for k, v in m.preset.items() if k in _MASK_FIELDS}
+    for name, m in builtin_methods().items() if m.needs_masked_forward
+}
 _PIXEL_KEYS = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes",
                "num_tiles", "image_sizes", "image_position_ids")
 
@@ -83,6 +93,12 @@ class PerceptionArguments:
     papo_masked_entropy_coef: float | None = field(
         default=None, metadata={"help": "PAPO double entropy: coefficient of the token-mean -log p with the masked image."}
     )
+    perception_masked_policy: str | None = field(
+        default=None,
+        metadata={"help": "Which policy gives the masked-image log-probs: `rollout` (once per generation batch, before "
+                  "any update, reused across iterations: both public codes) or `current` (recomputed every micro-batch; "
+                  "PAPO only, needed by papo_masked_grad). Default: rollout, current with papo_masked_grad."},
+    )
     papo_masked_grad: bool = field(
         default=False,
         metadata={"help": "Run the masked-image forward with gradient (the paper's objective differentiates both "
@@ -102,13 +118,12 @@ class PerceptionArguments:
         default=10.0, metadata={"help": "VPPO: visual dependency is clamped to [0, this]."}
     )
 
-    def resolve_perception(self, method: str) -> None:
-        """Fill unset options with ``method``'s defaults and validate them (called by ``PEPOConfig``)."""
-        for name, value in PERCEPTION_DEFAULTS.get(method, {}).items():
+    def check_perception(self) -> None:
+        """Fill the masking options a method's preset left unset with the generic defaults
+        (:data:`_MASK_FALLBACKS`) and validate them (called by ``PEPOConfig`` for methods with a masked forward)."""
+        for name, value in _MASK_FALLBACKS.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
-        if method not in PERCEPTION_DEFAULTS:
-            return
         if self.perception_mask_stage not in STAGES:
             raise ValueError(f"perception_mask_stage={self.perception_mask_stage!r}: choose one of {list(STAGES)}.")
         if self.perception_mask_scope not in _SCOPES:
@@ -126,21 +141,21 @@ class PerceptionArguments:
 
 
 class PerceptionMixin:
-    """The masked-image forward and PAPO / VPPO's loss changes; see the module docstring.
+    """Mask seeds, the masked-image forward and the per-row rollout columns; see the module docstring.
 
     Must come before ``GRPOTrainer`` in the bases of a trainer whose ``args`` mix in
-    :class:`PerceptionArguments` and have a ``method``.
+    :class:`PerceptionArguments` and have a ``method`` (a :mod:`pepo.methods` name).
     """
 
-    _perception_state: dict[str, Any] | None = None
     _perception_calls: tuple[int, int] = (-1, 0)  # (global step, generation calls in that step)
     _resume_attributes = ("_perception_calls",)  # saved with checkpoints (PEPOTrainer._resume_state): seeds masks
+    _columns_warned = False
 
     @property
     def perception_method(self) -> str | None:
-        """``papo_g``, ``papo_d``, ``vppo`` or None."""
-        method = getattr(self.args, "method", None)
-        return method if method in PERCEPTION_DEFAULTS else None
+        """The method's name when it needs the masked-image forward, else None."""
+        method = get_method(self.args.method)
+        return method.name if method.needs_masked_forward else None
 
     # --- 1. seeds and raw images travel with every completion row ---------------------------------
 
@@ -227,81 +242,95 @@ class PerceptionMixin:
             )
         return values.reshape(target.shape)
 
-    def _masked_logps(self, model, inputs: dict[str, Any]) -> torch.Tensor:
+    def _logps_with_pixels(self, model, inputs: dict[str, Any], pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, C) log-probs of the sampled tokens with ``pixel_values`` in place of the batch's."""
         input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-        with_grad = self.perception_method in ("papo_g", "papo_d") and self.args.papo_masked_grad
-        with torch.set_grad_enabled(with_grad and torch.is_grad_enabled()):
-            masked_pixels = self._masked_pixel_values(inputs)
-            # TRL's helper (not the subclass wrappers): no PEPO hooks, no perception hook, same model inputs.
-            logps, _, _ = GRPOTrainer._get_per_token_logps_and_entropies(
-                self, model, input_ids, attention_mask, inputs["completion_ids"].size(1),
-                pixel_values=masked_pixels, image_grid_thw=inputs.get("image_grid_thw"),
-                num_images=inputs.get("num_images"), pixel_attention_mask=inputs.get("pixel_attention_mask"),
-                spatial_shapes=inputs.get("spatial_shapes"), num_tiles=inputs.get("num_tiles"),
-                image_sizes=inputs.get("image_sizes"), token_type_ids=inputs.get("token_type_ids"),
-                mm_token_type_ids=inputs.get("mm_token_type_ids"), image_position_ids=inputs.get("image_position_ids"),
-            )
+        # TRL's helper (not the subclass wrappers): no PEPO hooks, same model inputs as the policy forward. TRL 1.16's
+        # fused LM head returns float32 log-probs; `cast_lm_head_to_fp32` (TRL) also projects in float32.
+        logps, _, _ = GRPOTrainer._get_per_token_logps_and_entropies(
+            self, model, input_ids, attention_mask, inputs["completion_ids"].size(1),
+            pixel_values=pixel_values, image_grid_thw=inputs.get("image_grid_thw"),
+            num_images=inputs.get("num_images"), pixel_attention_mask=inputs.get("pixel_attention_mask"),
+            spatial_shapes=inputs.get("spatial_shapes"), num_tiles=inputs.get("num_tiles"),
+            image_sizes=inputs.get("image_sizes"), token_type_ids=inputs.get("token_type_ids"),
+            mm_token_type_ids=inputs.get("mm_token_type_ids"), image_position_ids=inputs.get("image_position_ids"),
+        )
         return logps
 
-    def _compute_loss(self, model, inputs):
-        if self.perception_method is None:
-            return super()._compute_loss(model, inputs)
-        start = time.perf_counter()
-        masked = self._masked_logps(model, inputs)
-        self._perception_state = {"inputs": inputs, "masked": masked, "seconds": time.perf_counter() - start}
-        try:
-            loss = super()._compute_loss(model, inputs)
-            extra = self._perception_state.get("extra")
-        finally:
-            self._perception_state = None
-        return loss if extra is None else loss + extra
+    def _masked_logps(self, model, inputs: dict[str, Any], with_grad: bool = False) -> torch.Tensor:
+        """(B, C) log-probs of the sampled tokens with every row's image corrupted by its own seed."""
+        with torch.set_grad_enabled(with_grad and torch.is_grad_enabled()):
+            return self._logps_with_pixels(model, inputs, self._masked_pixel_values(inputs))
 
-    # --- 3. the loss changes, right after the policy forward ---------------------------------------
+    # --- 3. once per generation batch, with the rollout policy -------------------------------------
 
-    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
-        state = self._perception_state
-        out = super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep,
-                                                         *args, **kwargs)
-        if state is not None and "done" not in state:  # the first forward inside _compute_loss is the policy's
-            state["done"] = True
-            self._apply_perception(state, out[0])
+    def _rollout_columns(self, model, method: Method, batch: dict[str, Any]) -> dict[str, Any]:
+        """Masked log-probs (and the method's rollout columns) of every row of ``batch``, no gradient,
+        in chunks of the per-device batch size."""
+        rows = batch["completion_ids"].shape[0]
+        size = self.args.per_device_train_batch_size if self.model.training else self.args.per_device_eval_batch_size
+        real_too = bool(method.rollout_keys)
+        masked, real = [], []
+        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+            for lo in range(0, rows, size):
+                chunk = batch if rows <= size else select_rows(batch, range(lo, min(rows, lo + size)))
+                masked.append(self._masked_logps(model, chunk))
+                if real_too:
+                    real.append(self._logps_with_pixels(model, chunk, chunk["pixel_values"]))
+        out: dict[str, Any] = {"masked_per_token_logps": torch.cat(masked).float()}
+        if real_too:
+            mask = batch["completion_mask"].bool()
+            if "tool_mask" in batch:
+                mask = mask & batch["tool_mask"].bool()
+            ctx = RolloutContext(args=self.args, mask=mask, advantages=batch["advantages"], logps=torch.cat(real).float(),
+                                 masked_logps=out["masked_per_token_logps"])
+            columns = method.rollout_columns(ctx)
+            if set(columns) != set(method.rollout_keys):
+                raise ValueError(f"method {method.name!r}: rollout_columns returned {sorted(columns)}, its rollout_keys "
+                                 f"say {sorted(method.rollout_keys)}.")
+            for key, value in columns.items():
+                if not isinstance(value, torch.Tensor) or value.shape[0] != rows:
+                    raise ValueError(f"method {method.name!r}: rollout column {key!r} must be a tensor with one entry "
+                                     f"per row ({rows}).")
+            out.update(columns)
         return out
 
-    def _apply_perception(self, state: dict[str, Any], logps: torch.Tensor) -> None:
-        args, inputs, masked = self.args, state["inputs"], state["masked"]
+    def _add_rollout_columns(self, method: Method, batch: dict[str, Any]) -> dict[str, Any]:
+        """The generation batch with its rollout columns (for methods that run the masked forward on rollout)."""
+        if not (method.needs_masked_forward and method.masked_forward_on_rollout(self.args)):
+            return batch
+        start = time.perf_counter()
+        batch = dict(batch)
+        batch.update(self._rollout_columns(self.model, method, batch))
         mode = "train" if self.model.training else "eval"
-        accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1.0
-        mask = inputs["completion_mask"].bool()
-        if "tool_mask" in inputs:
-            mask = mask & inputs["tool_mask"].bool()
-        if self.perception_method in ("papo_g", "papo_d"):
-            extra, stats = papo_terms(logps, masked, mask, args.papo_kl_coef, args.papo_entropy_coef,
-                                      args.papo_masked_entropy_coef)
-            # Same convention as TRL's entropy bonus: a micro-batch token mean, scaled for accumulation only.
-            state["extra"] = extra / accumulation
-            names = {"papo/kl_prcp": stats["kl"], "papo/entropy": stats["entropy"],
-                     "papo/masked_entropy": stats["masked_entropy"]}
-        else:
-            old = inputs.get("old_per_token_logps")
-            original = (logps if old is None else old).detach()
-            dependency = low_var_kl(original, masked.detach()).clamp(0.0, args.vppo_dependency_max)
-            selected = vppo_token_mask(dependency, mask, args.vppo_top_fraction)
-            scale = vppo_advantage_scale(dependency, mask, args.vppo_scale_min)
-            advantages = inputs["advantages"]
-            if advantages.dim() == 1:
-                advantages = advantages.unsqueeze(1)
-            inputs["advantages"] = advantages * scale.unsqueeze(1).to(advantages.dtype) * selected.to(advantages.dtype)
-            entropy = masked_mean(-logps, mask)
-            state["extra"] = args.vppo_entropy_coef * entropy / accumulation
-            valid = mask.sum().clamp(min=1)
-            names = {"vppo/dependency_mean": masked_mean(dependency, mask),
-                     "vppo/selected_fraction": selected.sum() / valid,
-                     "vppo/scale_min": scale.min(), "vppo/scale_max": scale.max(),
-                     "vppo/entropy": entropy.detach()}
-        prefix = "papo" if self.perception_method != "vppo" else "vppo"
-        values = torch.stack([v.detach().float() for v in names.values()]
-                             + [torch.tensor(state["seconds"] * 1000.0, device=logps.device)])
+        self._metrics[mode][f"{method.metric_prefix}/masked_forward_ms"].append((time.perf_counter() - start) * 1000.0)
+        return batch
+
+    def _masked_logps_for_loss(self, model, method: Method, inputs: dict[str, Any]):
+        """(masked log-probs of this micro-batch, seconds spent on them here or None); fills missing columns."""
+        if method.masked_forward_on_rollout(self.args):
+            if "masked_per_token_logps" not in inputs or any(k not in inputs for k in method.rollout_keys):
+                # The batch was generated under another method (a method switched in place, as the benchmarks do):
+                # compute the columns now, over this micro-batch, with the current policy.
+                if not self._columns_warned:
+                    warnings.warn(f"method {method.name!r}: this batch lacks its rollout columns; computing them over "
+                                  "the micro-batch with the current policy.", stacklevel=2)
+                    self._columns_warned = True
+                inputs.update(self._rollout_columns(model, method, inputs))
+            return inputs["masked_per_token_logps"], None
+        start = time.perf_counter()
+        masked = self._masked_logps(model, inputs, with_grad=method.masked_forward_with_grad(self.args))
+        return masked, time.perf_counter() - start
+
+    def _log_method_metrics(self, metrics: dict[str, Any]) -> None:
+        """Log a method's scalars, averaged over processes (one all-reduce; every rank must call it)."""
+        if not metrics:
+            return
+        mode = "train" if self.model.training else "eval"
+        device = self.accelerator.device
+        values = torch.stack([v.detach().float().to(device) if isinstance(v, torch.Tensor)
+                              else torch.tensor(float(v), device=device) for v in metrics.values()])
         values = self.accelerator.reduce(values, reduction="mean").tolist()
-        for name, value in zip([*names, f"{prefix}/masked_forward_ms"], values):
+        for name, value in zip(metrics, values):
             self._metrics[mode][name].append(value)

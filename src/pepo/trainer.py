@@ -48,8 +48,9 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
 
-from pepo.dynamic_sampling import concat_batches, informative_groups, select_rows, total_rewards
+from pepo.dynamic_sampling import FILTERS, concat_batches, filter_reward_columns, informative_groups, select_rows, total_rewards
 from pepo.hooks import VisualScoreCapture
+from pepo.methods import LossContext, Method, builtin_methods, get_method
 from pepo.perception_trainer import PerceptionArguments, PerceptionMixin
 from pepo.faults import fault_point
 from pepo.resume import (
@@ -67,50 +68,21 @@ from pepo.resume import (
     write_marker,
 )
 from pepo.token_stats import PendingTokenStats, micro_batch_stats
-from pepo.weights import (
-    exploration_only_weights,
-    fallback_rows,
-    pepo_token_weights,
-    perception_only_weights,
-    rows_without_image,
-    scheduled_weights,
-)
+from pepo.weights import rows_without_image
 
 __all__ = ["METHODS", "PRESETS", "PEPOConfig", "PEPOTrainer"]
 
-#: method name -> one-line description (shown by ``pepo train --help`` and in the docs).
-METHODS: dict[str, str] = {
-    "grpo": "GRPO: every token of a response shares its sequence advantage (baseline).",
-    "dapo": "DAPO preset: loss_type dapo, clip-higher (epsilon_high 0.28), overlong filtering "
-    "(mask_truncated_completions), dynamic sampling; each only where not set explicitly.",
-    "pepo": "PEPO: perception prior gated by entropy, w = n * softmax(VS * (1 + alpha * tanh(centred)) / tau), "
-    "on whatever loss_type is configured.",
-    "pepo_g": "PEPO_G: PEPO on GRPO (loss_type grpo unless set explicitly).",
-    "pepo_d": "PEPO_D: PEPO on the DAPO preset (explicit values win, e.g. loss_type bnpo as in the release).",
-    "perception_only": "Ablation: gate off (alpha = 0), w = n * softmax(VS / tau).",
-    "exploration_only": "Ablation: entropy only, w = n * softmax(min-max-normalised entropy / tau).",
-    "high_entropy": "High-Entropy RL baseline: only the top `high_entropy_quantile` tokens by entropy train.",
-    # perception-aware baselines (pepo.perception_trainer): one extra masked-image forward per micro-batch
-    "papo_g": "PAPO_G: GRPO + implicit perception loss (KL to the masked-image policy, maximised, coef 0.02) + double "
-    "entropy (0.05 / 0.05); forces loss_type grpo. Set beta 0.01 for the public scripts' KL to the reference.",
-    "papo_d": "PAPO_D: the DAPO preset + implicit perception loss (coef 0.01) + double entropy (0.03 / 0.03).",
-    "vppo": "VPPO: the DAPO preset; per response only the top 40% tokens by visual dependency train, advantages "
-    "scaled by the response's dependency (min 0.9), entropy penalty 0.06.",
-}
-#: method -> token weighting it applies (None: sequence-level advantages, as in GRPO/DAPO)
-_WEIGHTING = {"pepo": "pepo", "pepo_g": "pepo", "pepo_d": "pepo", "perception_only": "perception_only",
-              "exploration_only": "exploration_only"}
-_DAPO_PRESET = {"loss_type": "dapo", "epsilon_high": 0.28, "mask_truncated_completions": True, "dynamic_sampling": True}
-#: method -> the values its preset gives fields that were left unset (None). An explicit value always wins.
-PRESETS: dict[str, dict[str, Any]] = {
-    "pepo_g": {"loss_type": "grpo"}, "papo_g": {"loss_type": "grpo"},
-    **{m: _DAPO_PRESET for m in ("dapo", "pepo_d", "papo_d", "vppo")},
-}
+#: built-in method name -> one-line description (``pepo train --help``, the README's table); the registry is
+#: :mod:`pepo.methods`, which also resolves user methods (``--method my_module:MyMethod``).
+METHODS: dict[str, str] = {name: m.description for name, m in builtin_methods().items()}
+#: built-in method -> the values its preset gives fields that were left unset (None). An explicit value always wins.
+PRESETS: dict[str, dict[str, Any]] = {name: dict(m.preset) for name, m in builtin_methods().items() if m.preset}
 #: what an unset preset-governed field becomes when the method has no preset for it (TRL's own defaults;
 #: epsilon_high None is TRL's "same as epsilon")
 _UNSET_DEFAULTS: dict[str, Any] = {
     **{f.name: f.default for f in fields(GRPOConfig) if f.name in ("loss_type", "mask_truncated_completions")},
     "dynamic_sampling": False,
+    "dynamic_sampling_filter": "total",
 }
 _SCORE_TYPES = ("cosine", "dot", "l2", "l1")
 
@@ -125,7 +97,8 @@ class PEPOConfig(GRPOConfig, PerceptionArguments):
 
     method: str = field(
         default="pepo",
-        metadata={"help": "Token weighting: " + "; ".join(f"`{k}` {v}" for k, v in METHODS.items())},
+        metadata={"help": "Method (pepo.methods registry): " + "; ".join(f"`{k}` {v}" for k, v in METHODS.items())
+                  + ". Your own: `module:Class` or `path/to/file.py:Class` (a pepo.methods.Method subclass)."},
     )
     gate_alpha: float = field(
         default=0.05,
@@ -176,14 +149,23 @@ class PEPOConfig(GRPOConfig, PerceptionArguments):
         default=None,
         metadata={
             "help": "Overlong filtering: truncated completions are left out of the loss (TRL). Unset: true for "
-            "methods dapo and pepo_d, else false."
+            "methods dapo and pepo_d (not in the PAPO_D / VPPO scripts), else false."
         },
     )
     dynamic_sampling: bool | None = field(
         default=None,
         metadata={
             "help": "DAPO dynamic sampling: drop groups whose rewards are all equal and generate more prompts until "
-            "the batch is full. Unset: true for methods dapo and pepo_d, else false."
+            "the batch is full. Unset: the method's preset (true for dapo, pepo_d, papo_d, vppo), else false."
+        },
+    )
+    dynamic_sampling_filter: str | None = field(
+        default=None,
+        metadata={
+            "help": "Which reward dynamic sampling compares within a group: `total` (the weighted sum of every reward "
+            "function, DAPO), `accuracy` (every reward function except format ones, i.e. whose name lacks "
+            "'format': the public PAPO_D / VPPO scripts' filter_key=accuracy) or one reward function's name. "
+            "Unset: the method's preset (accuracy for papo_d and vppo), else total."
         },
     )
     max_dynamic_sampling_rounds: int = field(
@@ -202,8 +184,7 @@ class PEPOConfig(GRPOConfig, PerceptionArguments):
     )
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"method={self.method!r} is not known; choose one of {sorted(METHODS)}.")
+        method = get_method(self.method)  # ValueError naming the known methods
         if self.vision_score_type not in _SCORE_TYPES:
             raise ValueError(
                 f"vision_score_type={self.vision_score_type!r} is not known; choose one of {list(_SCORE_TYPES)}."
@@ -214,19 +195,15 @@ class PEPOConfig(GRPOConfig, PerceptionArguments):
             raise ValueError(f"gate_alpha must be >= 0, got {self.gate_alpha}.")
         if not 0 < self.high_entropy_quantile <= 1:
             raise ValueError(f"high_entropy_quantile must be in (0, 1], got {self.high_entropy_quantile}.")
-        if self.method == "high_entropy":
-            # TRL implements the token mask of High-Entropy RL (Wang et al., 2025) as `top_entropy_quantile`.
-            if self.top_entropy_quantile not in (1.0, self.high_entropy_quantile):
-                raise ValueError(
-                    f"method='high_entropy' sets top_entropy_quantile from high_entropy_quantile="
-                    f"{self.high_entropy_quantile}, but top_entropy_quantile={self.top_entropy_quantile} was also "
-                    "given: set high_entropy_quantile only."
-                )
-            self.top_entropy_quantile = self.high_entropy_quantile
-        self._resolve_preset()
-        self.resolve_perception(self.method)  # PAPO / VPPO defaults (pepo.perception_trainer)
+        self._resolve_preset(method)
+        if method.needs_masked_forward:
+            self.check_perception()  # pepo.perception_trainer
+        method.configure(self)
         if self.max_dynamic_sampling_rounds < 1:
             raise ValueError(f"max_dynamic_sampling_rounds must be >= 1, got {self.max_dynamic_sampling_rounds}.")
+        if self.dynamic_sampling_filter in (None, "") or not isinstance(self.dynamic_sampling_filter, str):
+            raise ValueError(f"dynamic_sampling_filter must be one of {list(FILTERS)} or a reward function's name, "
+                             f"got {self.dynamic_sampling_filter!r}.")
         super().__post_init__()
         if self.dynamic_sampling:
             if self.multi_objective_aggregation != "sum_then_normalize":
@@ -241,9 +218,11 @@ class PEPOConfig(GRPOConfig, PerceptionArguments):
                     f"steps_per_generation = {local} is not a multiple of num_generations = {self.num_generations}."
                 )
 
-    def _resolve_preset(self) -> None:
+    def _resolve_preset(self, method: Method) -> None:
         """Fill the preset-governed fields left unset (None): the method's preset first, then TRL's default."""
-        for name, value in PRESETS.get(self.method, {}).items():
+        for name, value in method.preset.items():
+            if not hasattr(self, name):
+                raise ValueError(f"method {method.name!r}: its preset sets {name!r}, which is not a PEPOConfig field.")
             if getattr(self, name) is None:
                 setattr(self, name, value)
         for name, value in _UNSET_DEFAULTS.items():
@@ -253,7 +232,7 @@ class PEPOConfig(GRPOConfig, PerceptionArguments):
     @property
     def token_weighting(self) -> str | None:
         """The token weighting the method applies: ``pepo``, ``perception_only``, ``exploration_only`` or None."""
-        return _WEIGHTING.get(self.method)
+        return get_method(self.method).weighting
 
 
 @contextmanager
@@ -374,13 +353,17 @@ class PEPOTrainer(PerceptionMixin, GRPOTrainer):
         from pepo.vllm_colocate import install_colocate_guards  # vLLM prompt ids = the trainer's; fresh encoder cache
 
         install_colocate_guards(self)
-        needs_scores = self.args.token_weighting in ("pepo", "perception_only") or self.args.log_token_stats
+        needs_scores = self.method.needs_visual_scores or self.args.log_token_stats
         self._capture = (
             VisualScoreCapture(self.model, self.args.vision_score_type, self.args.vision_layers)
             if needs_scores
             else None
         )
+        # Rewards dynamic sampling compares (the method's script: total or accuracy only); fails here, not mid-run.
+        self._filter_columns = (filter_reward_columns(self.reward_func_names, self.args.dynamic_sampling_filter)
+                                if self.args.dynamic_sampling else None)
         self._pepo_inputs: dict[str, Any] | None = None
+        self._pepo_step: dict[str, Any] | None = None  # the method and its masked log-probs, inside _compute_loss
         self._extra_prompts: Any = None  # iterator over fresh prompts for dynamic sampling
         self._extra_prompts_epoch = 0
         self._last_rewards_per_func: torch.Tensor | None = None  # (N_all, F), the last generation round's
@@ -575,13 +558,27 @@ class PEPOTrainer(PerceptionMixin, GRPOTrainer):
             return 0.0
         return min(1.0, max(0.0, self.state.global_step / self.state.max_steps))
 
+    @property
+    def method(self) -> Method:
+        """The registered method ``args.method`` names (looked up on every use: tests switch it in place)."""
+        return get_method(self.args.method)
+
     def _compute_loss(self, model, inputs):
+        method = self.method
         # The buffered generation batch is reused across `num_iterations`; never mutate it.
-        self._pepo_inputs = dict(inputs)
+        inputs = dict(inputs)
+        masked, masked_seconds = None, None
+        if method.needs_masked_forward:
+            masked, masked_seconds = self._masked_logps_for_loss(model, method, inputs)
+        self._pepo_inputs = inputs
+        self._pepo_step = {"method": method, "masked": masked, "masked_seconds": masked_seconds, "extra": None}
         try:
-            return super()._compute_loss(model, self._pepo_inputs)
+            loss = super()._compute_loss(model, inputs)
+            extra = self._pepo_step["extra"]
         finally:
             self._pepo_inputs = None
+            self._pepo_step = None
+        return loss if extra is None else loss + extra
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
         inputs, self._pepo_inputs = self._pepo_inputs, None  # only the policy forward inside _compute_loss
@@ -589,6 +586,9 @@ class PEPOTrainer(PerceptionMixin, GRPOTrainer):
             return super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
             )
+        method = self._pepo_step["method"]
+        if method.needs_visual_scores and self._capture is None:  # e.g. switched in place from a method without
+            self._capture = VisualScoreCapture(self.model, self.args.vision_score_type, self.args.vision_layers)
         vision_mask = input_ids == self.image_token_id
         with_grad = not self.args.detach_weights
         if self._capture is not None:
@@ -602,39 +602,56 @@ class PEPOTrainer(PerceptionMixin, GRPOTrainer):
                 model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
             )
             scores, hook_seconds = None, 0.0
-        self._apply_token_weights(inputs, vision_mask, scores, entropies, hook_seconds)
+        self._apply_token_weights(inputs, vision_mask, logps, scores, entropies, hook_seconds)
         return logps, entropies, aux
 
-    def _apply_token_weights(self, inputs, vision_mask, scores, entropies, hook_seconds: float) -> None:
-        start = time.perf_counter()
-        method = self.args.token_weighting
+    def _loss_context(self, method: Method, inputs, vision_mask, logps, scores, entropies) -> LossContext:
+        training = self.model.training
         mask = inputs["completion_mask"].bool()
         if "tool_mask" in inputs:
             mask = mask & inputs["tool_mask"].bool()
         if entropies is not None and self.args.detach_weights:
             entropies = entropies.detach()
-        no_image = rows_without_image(vision_mask)
-        weights, fallback = None, None
-        if method in ("pepo", "perception_only"):
-            zeros = torch.zeros_like(scores)
-            ent = entropies if method == "pepo" else zeros
-            fallback = fallback_rows(scores, ent, mask, no_image_rows=no_image)
-            if method == "pepo":
-                weights = pepo_token_weights(
-                    scores, ent, mask, self.args.gate_alpha, self.args.gate_temperature, no_image_rows=no_image
-                )
-            else:
-                weights = perception_only_weights(scores, mask, self.args.gate_temperature, no_image_rows=no_image)
-        elif method == "exploration_only":
-            fallback = fallback_rows(torch.zeros_like(entropies), entropies, mask)
-            weights = exploration_only_weights(entropies, mask, self.args.gate_temperature)
-        if weights is not None:
+        accumulation = self.current_gradient_accumulation_steps if training else 1.0
+        # TRL's `dapo` normaliser: num_items_in_batch spans the generation batch and every process.
+        items = inputs.get("num_items_in_batch")
+        normalizer = (mask.sum() if items is None else items).float().clamp(min=1.0) / self.accelerator.num_processes
+        if training:
+            normalizer = normalizer * accumulation / self.args.steps_per_generation
+        return LossContext(
+            args=self.args, training=training, progress=self.progress, mask=mask, advantages=inputs["advantages"],
+            logps=logps, entropies=entropies, scores=scores, no_image=rows_without_image(vision_mask),
+            masked_logps=self._pepo_step["masked"], rollout={k: inputs[k] for k in method.rollout_keys},
+            accumulation=accumulation, token_normalizer=normalizer,
+        )
+
+    def _apply_token_weights(self, inputs, vision_mask, logps, scores, entropies, hook_seconds: float) -> None:
+        """Token-level advantages A_i * scale_i * weight_it * mask_it and the extra loss, from the method's hooks."""
+        start = time.perf_counter()
+        method = self._pepo_step["method"]
+        ctx = self._loss_context(method, inputs, vision_mask, logps, scores, entropies)
+        weights = method.token_weights(ctx)
+        scale = method.advantage_scale(ctx)
+        token_mask = method.token_mask(ctx)
+        if weights is not None or scale is not None or token_mask is not None:
             advantages = inputs["advantages"]
             if advantages.dim() == 1:
                 advantages = advantages.unsqueeze(1)
-            inputs["advantages"] = advantages * scheduled_weights(weights, self.progress)
+            if weights is not None:
+                advantages = advantages * weights.multiplier
+            if scale is not None:
+                advantages = advantages * scale.unsqueeze(1).to(advantages.dtype)
+            if token_mask is not None:
+                advantages = advantages * token_mask.to(advantages.dtype)
+            inputs["advantages"] = advantages
+        self._pepo_step["extra"] = method.extra_loss(ctx)
+        metrics = dict(method.metrics(ctx))
+        if self._pepo_step["masked_seconds"] is not None:  # masked forward of this micro-batch (current policy)
+            metrics[f"{method.metric_prefix}/masked_forward_ms"] = self._pepo_step["masked_seconds"] * 1000.0
+        self._log_method_metrics(metrics)
         seconds = hook_seconds + time.perf_counter() - start
-        self._log_token_stats(mask, scores, entropies, weights, fallback, seconds)
+        self._log_token_stats(ctx.mask, scores, ctx.entropies, None if weights is None else weights.weights,
+                              None if weights is None else weights.fallback, seconds)
 
     @torch.no_grad()
     def _log_token_stats(self, mask, scores, entropies, weights, fallback, seconds: float) -> None:
@@ -674,11 +691,16 @@ class PEPOTrainer(PerceptionMixin, GRPOTrainer):
         if self._last_rewards_per_func is None:
             raise RuntimeError("dynamic sampling: TRL did not call _calculate_rewards during generation.")
         start = self.accelerator.process_index * num_local  # TRL's own process slice
-        rewards = total_rewards(self._last_rewards_per_func, self.reward_weights)
+        columns = self._filter_columns if self._filter_columns is not None else list(range(len(self.reward_weights)))
+        rewards = total_rewards(self._last_rewards_per_func[:, columns], self.reward_weights[columns])
         self._last_rewards_per_func = None
         return rewards[start : start + num_local]
 
     def _generate_and_score_completions(self, inputs):
+        out = self._generate_with_dynamic_sampling(inputs)
+        return self._add_rollout_columns(self.method, out)  # masked forward of PAPO / VPPO (pepo.perception_trainer)
+
+    def _generate_with_dynamic_sampling(self, inputs):
         if not (self.args.dynamic_sampling and self.model.training):
             return super()._generate_and_score_completions(inputs)
         group = self.num_generations

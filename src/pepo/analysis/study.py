@@ -198,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run the grid of demo runs (resumable)")
     r.add_argument("--out", required=True, type=Path)
-    r.add_argument("--methods", nargs="+", default=["grpo", "pepo"])
+    r.add_argument("--methods", nargs="+", default=["grpo", "pepo"],
+                   help="registered method names (pepo.methods; `all` = every built-in method), e.g. grpo pepo vppo")
     r.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     r.add_argument("--rl_seed_offset", type=int, default=0, help="re-seed the RL stage alone with seed + this")
     r.add_argument("--jobs", type=int, default=2, help="runs at a time (one torch thread each)")
@@ -208,8 +209,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--baseline", default=None, help="method to pair every other method against, e.g. grpo")
     args = parser.parse_args(argv)
     if args.command == "run":
+        from pepo.methods import builtin_methods, get_method
+
+        methods = [m for name in args.methods for m in (builtin_methods() if name == "all" else [name])]
+        for name in methods:
+            try:
+                get_method(name)
+            except ValueError as err:
+                parser.error(str(err))
+            if "/" in name or ":" in name:
+                parser.error(f"method {name!r}: a study names its run folders after the method; register it under a "
+                             "plain name (entry point `pepo.methods`) to study it.")
         extra = [a for a in args.extra if a != "--"]
-        return _run_all(args.out, args.methods, args.seeds, args.rl_seed_offset, args.jobs, extra)
+        return _run_all(args.out, methods, args.seeds, args.rl_seed_offset, args.jobs, extra)
     print(report(args.out, args.baseline))
     return 0
 
