@@ -77,7 +77,7 @@ def test_newest_complete_checkpoint_skips_folders_killed_while_saving(tmp_path):
     assert resolve_resume_checkpoint("auto", tmp_path) == tmp_path / "checkpoint-10"
     assert resolve_resume_checkpoint(None, tmp_path) is None
     assert resolve_resume_checkpoint("auto", tmp_path / "nothing-here") is None
-    with pytest.raises(ValueError, match=r"checkpoint-12: not a complete.*newest complete one next to it is .*checkpoint-10"):
+    with pytest.raises(ValueError, match=r"checkpoint-12: not a complete.*resume from .*checkpoint-10, the newest complete one"):
         resolve_resume_checkpoint(str(tmp_path / "checkpoint-12"), tmp_path)
 
 
