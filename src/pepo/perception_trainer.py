@@ -279,6 +279,8 @@ class PerceptionMixin:
                                       args.papo_masked_entropy_coef)
             # Same convention as TRL's entropy bonus: a micro-batch token mean, scaled for accumulation only.
             state["extra"] = extra / accumulation
+            if self._token_view is not None:  # a token-view step (pepo.token_view_capture)
+                self._record_token_view("papo_kl", low_var_kl(logps.detach(), masked.detach()))
             names = {"papo/kl_prcp": stats["kl"], "papo/entropy": stats["entropy"],
                      "papo/masked_entropy": stats["masked_entropy"]}
         else:
@@ -287,6 +289,8 @@ class PerceptionMixin:
             dependency = low_var_kl(original, masked.detach()).clamp(0.0, args.vppo_dependency_max)
             selected = vppo_token_mask(dependency, mask, args.vppo_top_fraction)
             scale = vppo_advantage_scale(dependency, mask, args.vppo_scale_min)
+            self._record_token_view("vppo_dependency", dependency)  # token views only (a no-op on other steps)
+            self._record_token_view("vppo_selected", selected)
             advantages = inputs["advantages"]
             if advantages.dim() == 1:
                 advantages = advantages.unsqueeze(1)

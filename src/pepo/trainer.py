@@ -50,6 +50,8 @@ from trl.trainer.utils import RepeatSampler
 from pepo.dynamic_sampling import concat_batches, informative_groups, select_rows, total_rewards
 from pepo.hooks import VisualScoreCapture
 from pepo.perception_trainer import PerceptionArguments, PerceptionMixin
+from pepo.callbacks_token_views import TokenViewArguments, TokenViewsCallback
+from pepo.token_view_capture import TokenViewMixin
 from pepo.resume import (
     MARKER,
     load_process_state,
@@ -109,7 +111,7 @@ _PERCENTILES = (0, 20, 40, 60, 80, 100)
 
 
 @dataclass
-class PEPOConfig(GRPOConfig, PerceptionArguments):
+class PEPOConfig(GRPOConfig, PerceptionArguments, TokenViewArguments):
     """GRPOConfig plus PEPO's options. Every GRPOConfig field keeps its TRL meaning.
 
     Defaults follow the paper's public release at commit 2b1e788 (alpha 0.05, tau 1.8, cosine,
@@ -326,7 +328,7 @@ class _ResumeAndInterrupt(TrainerCallback):
         return control
 
 
-class PEPOTrainer(PerceptionMixin, GRPOTrainer):
+class PEPOTrainer(TokenViewMixin, PerceptionMixin, GRPOTrainer):
     """GRPOTrainer whose policy loss is reweighted token by token with PEPO.
 
     Takes the same arguments as ``trl.GRPOTrainer``; ``args`` must be a :class:`PEPOConfig`.
@@ -360,6 +362,8 @@ class PEPOTrainer(PerceptionMixin, GRPOTrainer):
         self._interrupt_requested = False
         self.interrupted = False  # set when a Ctrl-C stopped `train` after saving a checkpoint
         self.add_callback(_ResumeAndInterrupt(self))
+        if self.args.log_token_views_every:  # pepo.callbacks_token_views: token-level views every N steps
+            self.add_callback(TokenViewsCallback(self))
 
     # --- resume and interruption ----------------------------------------------------------------
 
