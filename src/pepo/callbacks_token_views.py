@@ -71,6 +71,29 @@ class TokenViewsCallback(TrainerCallback):
         self.folder = Path(folder) if folder is not None else Path(trainer.args.output_dir) / "token_views"
         self.written: list[Path] = []
 
+    def _write_status(self, state, **values: Any) -> None:
+        """``token_views/status.json``: who writes this folder (pid, host), so ``pepo watch`` can tell a live
+        run from a killed one, and whether training ended."""
+        if not state.is_world_process_zero:
+            return
+        import json
+        import os
+        import socket
+        import time
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        status = {"pid": os.getpid(), "host": socket.gethostname(), "every": self.every, "time": time.time(),
+                  "step": state.global_step, **values}
+        tmp = self.folder / f".status.json.tmp{os.getpid()}"
+        tmp.write_text(json.dumps(status))
+        os.replace(tmp, self.folder / "status.json")
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._write_status(state, ended=False)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._write_status(state, ended=True)
+
     def on_step_begin(self, args, state, control, **kwargs):
         if (state.global_step + 1) % self.every == 0:  # global_step is the step about to run, minus one
             self.trainer.token_view_rows = self.rollouts
