@@ -3,8 +3,9 @@
 One trainer at the demo's size (8 prompts x 8 samples, completions of 6 tokens, the demo's tiny
 Qwen2.5-VL), the same prompts and sampling seed every step; view steps (armed capture, the patch
 map in the same forward, records built, ``step_N.jsonl`` + page written) and plain steps alternate,
-so machine noise hits both. Prints the median step time of each, the extra time of one view step,
-and what that costs a run that views every N-th step: ``extra / (N x plain step)``.
+so machine noise hits both. Prints the median step time of each (wall clock, and CPU time of this
+process, which a machine shared with other jobs inflates less), the extra time of one view step, and
+what that costs a run that views every N-th step: ``extra / (N x plain step)``.
 
     python -m benchmarks.token_views_overhead [--steps 15] [--every 25]
 """
@@ -37,9 +38,10 @@ def main(argv=None) -> None:
         callback = TokenViewsCallback(trainer, every=1, rollouts=4)
         state = SimpleNamespace(global_step=0, is_world_process_zero=True)
         times = {"off": [], "on": []}
+        cpu = {"off": [], "on": []}
         for i in range(args.steps + 1):
             for kind in ("off", "on"):
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 if kind == "on":
                     trainer._token_view = {}
                 step()
@@ -48,13 +50,15 @@ def main(argv=None) -> None:
                     callback.on_step_end(trainer.args, state, None)
                 if i:  # the first of each kind is a warm-up
                     times[kind].append(time.perf_counter() - start)
-        off, on = statistics.median(times["off"]), statistics.median(times["on"])
-        extra = on - off
+                    cpu[kind].append(time.process_time() - start_cpu)
         print(describe(model_settings(args), trainer))
         print(f"machine: {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}")
-        print(f"plain step {off * 1000:.1f} ms, view step {on * 1000:.1f} ms (medians of {args.steps}); "
-              f"one view costs {extra * 1000:.1f} ms")
-        print(f"views every {args.every} steps: {100 * extra / (args.every * off):.2f}% of training time")
+        for name, values in (("wall", times), ("cpu", cpu)):
+            off, on = statistics.median(values["off"]), statistics.median(values["on"])
+            extra = on - off
+            print(f"{name}: plain step {off * 1000:.1f} ms, view step {on * 1000:.1f} ms (medians of {args.steps}); "
+                  f"one view costs {extra * 1000:.1f} ms; views every {args.every} steps: "
+                  f"{100 * extra / (args.every * off):.2f}% of training time")
         print(f"record: {callback.written[-1].stat().st_size / 1024:.1f} KiB per step")
 
 

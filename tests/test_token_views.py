@@ -217,16 +217,17 @@ def test_choose_rows_covers_low_and_high_reward():
                                              ("papo_g", "papo_kl")])
 def test_methods_declare_their_quantities(tiny_vlm, tmp_path, method, quantity):
     trainer = make_trainer(tiny_vlm, tmp_path, method=method, max_steps=1, log_token_views_every=1,
-                           log_token_stats=False, dynamic_sampling=False)
+                           log_token_stats=False, dynamic_sampling=False, mask_truncated_completions=False)
     seen = _stash_view_inputs(trainer)
     trainer.train()
     record = read_views(Path(trainer.args.output_dir) / "token_views")[0]
     assert quantity in record["quantities"] and "weight" not in record["quantities"]
     for r in record["rollouts"]:
         values = r["values"]
+        assert len(r["tokens"]) == 6 and all(len(v) == 6 for v in values.values())
         if method == "vppo":  # unselected tokens train with advantage 0
-            assert all((s == 0.0) == (a == 0.0) or r["advantage"] == 0.0
-                       for s, a in zip(values["vppo_selected"], values["final_advantage"]))
+            assert r["advantage"] != 0.0 and sum(values["vppo_selected"]) == 3  # ceil(0.4 x 6) tokens train
+            assert [a != 0.0 for a in values["final_advantage"]] == [s == 1.0 for s in values["vppo_selected"]]
             assert len(values["vppo_dependency"]) == len(r["tokens"])
         if method == "high_entropy":
             assert set(values[quantity]) <= {0.0, 1.0}
