@@ -50,6 +50,7 @@ def test_two_process_pepo_d_run_trains_identical_replicas(tmp_path):
         "--per_device_train_batch_size", "8", "--num_generations", "4", "--method", "pepo_d",
         "--max_dynamic_sampling_rounds", "6",
         "--mask_truncated_completions", "false", "--output_dir", str(out),
+        "--log_token_views_every", "1", "--token_views_rollouts", "8",  # token views: both ranks' rollouts gathered
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -73,3 +74,9 @@ def test_two_process_pepo_d_run_trains_identical_replicas(tmp_path):
     assert len(changed) > len(before[0]) // 2, f"only {len(changed)} of {len(before[0])} tensors changed"
     assert (out / "checkpoint" / "model.safetensors").is_file()
     assert json.loads((out / "results.json").read_text())["method"] == "pepo_d"
+    from pepo.analysis.token_views import read_views
+
+    views = read_views(out / "token_views")
+    assert [v["step"] for v in views] == [1, 2]  # one writer; every rank joined the gather (no hang)
+    for view in views:
+        assert {r["rank"] for r in view["rollouts"]} == {0, 1}, [r["rank"] for r in view["rollouts"]]

@@ -40,11 +40,14 @@ def _train_help() -> str:
 
     lines = [_TRAIN_HELP]
     pepo_fields = [f for f in dataclasses.fields(PEPOConfig) if f.name in PEPOConfig.__annotations__]
+    from pepo.callbacks_token_views import TokenViewArguments
     from pepo.perception_trainer import PerceptionArguments
 
     groups = (("data / model / warm start", dataclasses.fields(ScriptArguments)), ("PEPO", pepo_fields),
               ("PAPO / VPPO (methods papo_g, papo_d, vppo; None = the method's default)",
-               dataclasses.fields(PerceptionArguments)))
+               dataclasses.fields(PerceptionArguments)),
+              ("token views (pepo watch RUN_DIR, <output_dir>/token_views/index.html)",
+               dataclasses.fields(TokenViewArguments)))
     for title, fields in groups:
         lines.append(f"\n{title}:")
         for f in fields:
@@ -224,6 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "Figures 2-3), `pepo analyze dynamics RUN...` (training curves, Figure 6)", add_help=False)
     sub.add_parser("eval", help="evaluate a checkpoint: avg@N / maj@N / pass@N, resumable; `pepo eval compare RUN...`",
                    add_help=False)
+    sub.add_parser("watch", help="summarise a run folder, live or done: `pepo watch RUN_DIR [--follow]` (reward, "
+                   "PEPO weights, top-weighted tokens, the token-view page)", add_help=False)
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0
@@ -244,6 +249,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pepo.eval.cli import eval_main
 
         return eval_main(rest)
+    if command == "watch":
+        from pepo.watch import watch_main
+
+        return watch_main(rest)
     parser.print_help(sys.stderr)
     print(f"\npepo: error: unknown command {command!r}", file=sys.stderr)
     return 2

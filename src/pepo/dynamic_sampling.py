@@ -38,7 +38,8 @@ _COMPLETION_KEYS = {
     "tool_mask": 0,
 }
 #: one entry per completion, concatenated as they are
-_ROW_KEYS = ("advantages", "perception_seed", "perception_images")  # the last two: PAPO / VPPO masks
+_ROW_KEYS = ("advantages", "perception_seed", "perception_images",  # the last two: PAPO / VPPO masks
+             "pepo_view_reward", "pepo_view_images")  # pepo.token_view_capture
 #: per-image / per-sample pixel data, handled by TRL's split/unsplit helpers
 _PIXEL_KEYS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes", "image_position_ids",
                "spatial_shapes", "num_images", "num_tiles")

@@ -53,6 +53,8 @@ from pepo.hooks import VisualScoreCapture
 from pepo.methods import LossContext, Method, builtin_methods, get_method
 from pepo.perception_trainer import PerceptionArguments, PerceptionMixin
 from pepo.faults import fault_point
+from pepo.callbacks_token_views import TokenViewArguments, TokenViewsCallback
+from pepo.token_view_capture import TokenViewMixin
 from pepo.resume import (
     MARKER,
     ResumeError,
@@ -88,7 +90,7 @@ _SCORE_TYPES = ("cosine", "dot", "l2", "l1")
 
 
 @dataclass
-class PEPOConfig(GRPOConfig, PerceptionArguments):
+class PEPOConfig(GRPOConfig, PerceptionArguments, TokenViewArguments):
     """GRPOConfig plus PEPO's options. Every GRPOConfig field keeps its TRL meaning.
 
     Defaults follow the paper's public release at commit 2b1e788 (alpha 0.05, tau 1.8, cosine,
@@ -330,7 +332,7 @@ class _ResumeAndInterrupt(TrainerCallback):
         return control
 
 
-class PEPOTrainer(PerceptionMixin, GRPOTrainer):
+class PEPOTrainer(TokenViewMixin, PerceptionMixin, GRPOTrainer):
     """GRPOTrainer whose policy loss is reweighted token by token with PEPO.
 
     Takes the same arguments as ``trl.GRPOTrainer``; ``args`` must be a :class:`PEPOConfig`.
@@ -375,6 +377,8 @@ class PEPOTrainer(PerceptionMixin, GRPOTrainer):
         self._interrupt_requested = False
         self.interrupted = False  # set when a Ctrl-C stopped `train` after saving a checkpoint
         self.add_callback(_ResumeAndInterrupt(self))
+        if self.args.log_token_views_every:  # pepo.callbacks_token_views: token-level views every N steps
+            self.add_callback(TokenViewsCallback(self))
 
     # --- resume and interruption ----------------------------------------------------------------
 
@@ -649,6 +653,9 @@ class PEPOTrainer(PerceptionMixin, GRPOTrainer):
         if self._pepo_step["masked_seconds"] is not None:  # masked forward of this micro-batch (current policy)
             metrics[f"{method.metric_prefix}/masked_forward_ms"] = self._pepo_step["masked_seconds"] * 1000.0
         self._log_method_metrics(metrics)
+        if self._token_view is not None:  # a token-view step (pepo.token_view_capture): what the method shows
+            for name, tensor in method.token_views(ctx).items():
+                self._record_token_view(name, tensor)
         seconds = hook_seconds + time.perf_counter() - start
         self._log_token_stats(ctx.mask, scores, ctx.entropies, None if weights is None else weights.weights,
                               None if weights is None else weights.fallback, seconds)

@@ -8,6 +8,7 @@ builds one :class:`LossContext` right after TRL's policy forward and asks the me
 * :meth:`Method.advantage_scale` -> (B,) per-response factor,
 * :meth:`Method.extra_loss` -> a scalar added to TRL's loss,
 * :meth:`Method.metrics` -> scalars logged (mean over processes),
+* :meth:`Method.token_views` -> (B, C) quantities the live token views show (view steps only),
 
 and hands TRL the token-level advantages ``A_i * scale_i * weight_it * mask_it``. Methods that need
 the policy with the image corrupted (``needs_masked_forward``) get, once per generation batch and
@@ -169,6 +170,11 @@ class Method:
         return None
 
     def metrics(self, ctx: LossContext) -> dict[str, torch.Tensor]:
+        return {}
+
+    def token_views(self, ctx: LossContext) -> dict[str, torch.Tensor]:
+        """(B, C) per-token quantities ``--log_token_views_every`` shows for this method (called on view
+        steps only; read them from what the other hooks computed, e.g. ``ctx.cache``)."""
         return {}
 
     def __repr__(self) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from pepo.methods.base import LossContext, Method
-from pepo.perception import papo_terms
+from pepo.perception import low_var_kl, papo_terms
 
 __all__ = ["PAPO_G", "PAPO_D", "PAPO_MASK"]
 
@@ -67,6 +67,10 @@ class _PAPO(Method):
         stats = self._terms(ctx)[1]
         return {"papo/kl_prcp": stats["kl"], "papo/entropy": stats["entropy"],
                 "papo/masked_entropy": stats["masked_entropy"]}
+
+    def token_views(self, ctx: LossContext) -> dict[str, torch.Tensor]:
+        # the per-token form of papo/kl_prcp: k3 estimate of KL(policy || masked-image policy), >= 0
+        return {"papo_kl": low_var_kl(ctx.logps.detach(), ctx.masked_logps.detach())}
 
 
 class PAPO_G(_PAPO):

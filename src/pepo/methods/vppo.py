@@ -70,3 +70,6 @@ class VPPO(Method):
                 "vppo/selected_fraction": selected.sum() / ctx.mask.sum().clamp(min=1),
                 "vppo/scale_min": scale.min(), "vppo/scale_max": scale.max(),
                 "vppo/entropy": masked_mean(-ctx.logps.detach(), ctx.mask)}
+
+    def token_views(self, ctx: LossContext) -> dict[str, torch.Tensor]:
+        return {"vppo_dependency": ctx.rollout["vppo_dependency"], "vppo_selected": self.token_mask(ctx)}
