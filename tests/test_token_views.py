@@ -267,3 +267,14 @@ def test_watch_on_live_killed_and_finished_runs(tmp_path, pepo_run):
         proc.wait(30)
     text = _watch(out)
     assert f"run {out}: stopped" in text and "killed or interrupted" in text and "top tokens by weight" in text
+
+
+def test_watch_prints_held_out_accuracy_once_from_the_newest_file(tmp_path):
+    from pepo.watch import summary
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "reward": 0.5}\n')
+    (tmp_path / "pre_rl.json").write_text('{"before_rl": {"overall": 0.483}}')
+    assert "held-out accuracy before RL 0.483\n" in summary(tmp_path) + "\n"
+    (tmp_path / "results.json").write_text('{"before_rl": {"overall": 0.483}, "after_rl": {"overall": 0.563}}')
+    text = summary(tmp_path)
+    assert text.count("held-out accuracy") == 1 and "before RL 0.483, after RL 0.563" in text

@@ -105,7 +105,8 @@ def summary(run: str | Path, top: int = 5) -> str:
     for key, (step, value) in sorted(_last(rows, "reward").items()):
         if key in ("reward", "reward_std") or key.endswith("/mean"):
             lines.append(f"  {key:<40} {value:.4f}  (step {step})")
-    for name in ("pre_rl.json", "results.json"):
+    # results.json (written at the end) holds both numbers; pre_rl.json (before RL) only the first
+    for name in ("results.json", "pre_rl.json"):
         path = run / name
         if path.is_file():
             try:
@@ -118,6 +119,7 @@ def summary(run: str | Path, top: int = 5) -> str:
                 if "overall" in after:
                     text += f", after RL {after['overall']:.3f}"
                 lines.append(text)
+                break
     weights = _last(rows, "pepo/weight_p")
     if weights:
         ordered = sorted(weights.items(), key=lambda kv: int(kv[0].rsplit("p", 1)[1]))
