@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -29,7 +30,9 @@ from pepo.resume import (
     find_resumable_checkpoint,
     is_complete_checkpoint,
     resolve_resume_checkpoint,
+    load_process_state,
     resume_command,
+    save_process_state,
     write_marker,
 )
 
@@ -289,3 +292,30 @@ def test_killed_and_interrupted_run_resumes_bit_identical(tmp_path):
     shutil.copytree(newest, partial)
     (partial / MARKER).unlink()
     assert find_resumable_checkpoint(cut) == newest
+
+
+def test_process_state_keeps_buffered_images_pixel_for_pixel(tmp_path):
+    # TRL's buffered batch carries the rows' PIL images (token views, PAPO/VPPO image masking):
+    # torch.load(weights_only=True) refuses PIL objects, so a mid-block checkpoint could not be resumed.
+    import io
+
+    from PIL import Image
+
+    rgb = Image.fromarray(np.arange(5 * 7 * 3, dtype=np.uint8).reshape(5, 7, 3), "RGB")
+    gray = Image.fromarray(np.arange(12, dtype=np.uint8).reshape(3, 4) * 20, "L")
+    pal = Image.fromarray(np.array([[0, 1], [2, 1]], dtype=np.uint8), "P")
+    pal.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255])
+    buf = io.BytesIO()
+    rgb.save(buf, format="PNG")
+    png = Image.open(io.BytesIO(buf.getvalue()))  # what datasets hands over: a lazily decoded PngImageFile
+    state = {"global_step": 3, "buffered_inputs": [{"completion_ids": torch.tensor([[1, 2]]),
+                                                    "_view_images": [[rgb, gray], [pal], [png], []]}]}
+    save_process_state(tmp_path, 0, state)
+    back = load_process_state(tmp_path, 0)
+    images = back["buffered_inputs"][0]["_view_images"]
+    assert [len(row) for row in images] == [2, 1, 1, 0]
+    for got, want in zip([images[0][0], images[0][1], images[1][0], images[2][0]], [rgb, gray, pal, rgb]):
+        assert got.mode == want.mode and got.size == want.size
+        assert np.array_equal(np.asarray(got.convert("RGB")), np.asarray(want.convert("RGB")))
+    assert images[1][0].getpalette()[:9] == [255, 0, 0, 0, 255, 0, 0, 0, 255]
+    assert torch.equal(back["buffered_inputs"][0]["completion_ids"], torch.tensor([[1, 2]]))

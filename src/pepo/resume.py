@@ -290,24 +290,66 @@ def process_state_path(folder: str | Path, process_index: int) -> Path:
     return Path(folder) / f"pepo_state_{process_index}.pt"
 
 
+#: key of the plain dict that stands for one PIL image inside a saved process state
+_IMAGE_KEY = "__pepo_pil_image__"
+
+
+def _encode_images(value: Any) -> Any:
+    """``value`` with every PIL image replaced by a plain dict (mode, size, raw bytes, palette): lossless.
+
+    TRL's buffered generation batch carries the rows' images (PAPO/VPPO's masked forward and the token
+    views read them); ``torch.load(weights_only=True)`` refuses PIL objects, so they travel as tensors.
+    """
+    try:
+        from PIL import Image
+    except ImportError:  # no PIL, no PIL images to encode
+        return value
+    if isinstance(value, Image.Image):
+        palette = value.getpalette()
+        return {_IMAGE_KEY: True, "mode": value.mode, "size": list(value.size),
+                "data": torch.frombuffer(bytearray(value.tobytes()), dtype=torch.uint8),
+                "palette": palette, "palette_mode": value.palette.mode if palette is not None else None}
+    if isinstance(value, dict):
+        return {k: _encode_images(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_encode_images(v) for v in value)
+    return value
+
+
+def _decode_images(value: Any) -> Any:
+    """Inverse of :func:`_encode_images`: the same pixels, mode, size and palette."""
+    if isinstance(value, dict):
+        if value.get(_IMAGE_KEY) is True:
+            from PIL import Image
+
+            image = Image.frombytes(value["mode"], tuple(value["size"]), value["data"].cpu().numpy().tobytes())
+            if value["palette"] is not None:
+                image.putpalette(value["palette"], rawmode=value["palette_mode"] or "RGB")
+            return image
+        return {k: _decode_images(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_decode_images(v) for v in value)
+    return value
+
+
 def save_process_state(folder: str | Path, process_index: int, state: dict[str, Any]) -> Path:
-    """Save one process's trainer state (tensors, lists, numbers) atomically; returns the file."""
+    """Save one process's trainer state (tensors, lists, numbers, PIL images) atomically; returns the file."""
     path = process_state_path(folder, process_index)
     tmp = path.with_suffix(".pt.tmp")
-    torch.save(state, tmp)
+    torch.save(_encode_images(state), tmp)
     os.replace(tmp, path)
     return path
 
 
 def load_process_state(folder: str | Path, process_index: int, device: Any = "cpu") -> dict[str, Any]:
-    """Load what :func:`save_process_state` wrote (``weights_only``: plain containers and tensors only)."""
+    """Load what :func:`save_process_state` wrote (``weights_only``: plain containers, tensors, images)."""
     path = process_state_path(folder, process_index)
     if not path.is_file():
         raise ResumeError(
             f"{path} is missing: checkpoint {folder} was written by another number of processes or without pepo's "
             "trainer. Resume with the same number of processes it was saved with."
         )
-    return torch.load(path, map_location=device, weights_only=True)
+    return _decode_images(torch.load(path, map_location=device, weights_only=True))
 
 
 def resume_command(command: str, argv: Sequence[str]) -> str:
