@@ -41,11 +41,13 @@ def _train_help() -> str:
     lines = [_TRAIN_HELP]
     pepo_fields = [f for f in dataclasses.fields(PEPOConfig) if f.name in PEPOConfig.__annotations__]
     from pepo.callbacks_token_views import TokenViewArguments
+    from pepo.methods.vgpo import VGPOArguments
     from pepo.perception_trainer import PerceptionArguments
 
     groups = (("data / model / warm start", dataclasses.fields(ScriptArguments)), ("PEPO", pepo_fields),
               ("PAPO / VPPO (methods papo_g, papo_d, vppo; None = the method's default)",
                dataclasses.fields(PerceptionArguments)),
+              ("VGPO (method vgpo)", dataclasses.fields(VGPOArguments)),
               ("token views (pepo watch RUN_DIR, <output_dir>/token_views/index.html)",
                dataclasses.fields(TokenViewArguments)))
     for title, fields in groups:

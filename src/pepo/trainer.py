@@ -51,6 +51,7 @@ from trl.trainer.utils import RepeatSampler
 from pepo.dynamic_sampling import FILTERS, concat_batches, filter_reward_columns, informative_groups, select_rows, total_rewards
 from pepo.hooks import VisualScoreCapture
 from pepo.methods import LossContext, Method, builtin_methods, get_method
+from pepo.methods.vgpo import VGPOArguments
 from pepo.perception_trainer import PerceptionArguments, PerceptionMixin
 from pepo.faults import fault_point
 from pepo.callbacks_token_views import TokenViewArguments, TokenViewsCallback
@@ -86,11 +87,11 @@ _UNSET_DEFAULTS: dict[str, Any] = {
     "dynamic_sampling": False,
     "dynamic_sampling_filter": "total",
 }
-_SCORE_TYPES = ("cosine", "dot", "l2", "l1")
+_SCORE_TYPES = ("cosine", "dot", "l2", "l1", "cosine_to_mean")  # pepo.weights SCORE_TYPES + PROTOTYPE_SCORE_TYPES
 
 
 @dataclass
-class PEPOConfig(GRPOConfig, PerceptionArguments, TokenViewArguments):
+class PEPOConfig(GRPOConfig, PerceptionArguments, TokenViewArguments, VGPOArguments):
     """GRPOConfig plus PEPO's options. Every GRPOConfig field keeps its TRL meaning.
 
     Defaults follow the paper's public release at commit 2b1e788 (alpha 0.05, tau 1.8, cosine,
@@ -111,7 +112,8 @@ class PEPOConfig(GRPOConfig, PerceptionArguments, TokenViewArguments):
     )
     vision_score_type: str = field(
         default="cosine",
-        metadata={"help": "Hidden-state similarity to image tokens: cosine (default), dot, l2 (negative L2), l1."},
+        metadata={"help": "Hidden-state similarity to image tokens: cosine (default), dot, l2 (negative L2), l1, "
+                  "cosine_to_mean (cosine to the mean image vector; method vgpo sets it)."},
     )
     vision_layers: list[int] | None = field(
         default=None,

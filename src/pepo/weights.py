@@ -33,6 +33,7 @@ import torch
 
 __all__ = [
     "SCORE_TYPES",
+    "PROTOTYPE_SCORE_TYPES",
     "ImageSpan",
     "image_span",
     "layer_similarity",
@@ -47,6 +48,10 @@ __all__ = [
 ]
 
 SCORE_TYPES: tuple[str, ...] = ("cosine", "dot", "l2", "l1")
+#: scores against the *mean* image vector (a prototype) rather than the mean over image tokens: ``cosine_to_mean``
+#: is cos(h_t, mean_j h_j), VGPO's visual focus score (``pepo.methods.vgpo``). Kept apart from SCORE_TYPES,
+#: whose members are all means of per-pair similarities.
+PROTOTYPE_SCORE_TYPES: tuple[str, ...] = ("cosine_to_mean",)
 
 # Sequence positions upcast to float32 at a time: bounds the temporary copy of a bf16 layer to
 # (B, _CHUNK, D) float32 instead of (B, S, D).
@@ -65,8 +70,8 @@ _RANGE_EPS = 1e-6
 
 
 def _check_layer_inputs(hidden: torch.Tensor, vision_mask: torch.Tensor, completion_length: int, score_type: str):
-    if score_type not in SCORE_TYPES:
-        raise ValueError(f"score_type must be one of {list(SCORE_TYPES)}, got {score_type!r}")
+    if score_type not in SCORE_TYPES + PROTOTYPE_SCORE_TYPES:
+        raise ValueError(f"score_type must be one of {list(SCORE_TYPES + PROTOTYPE_SCORE_TYPES)}, got {score_type!r}")
     if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3:
         shape = tuple(hidden.shape) if isinstance(hidden, torch.Tensor) else type(hidden).__name__
         raise ValueError(f"hidden_states must be (B, S, D) tensors, got {shape}")
@@ -219,7 +224,9 @@ def layer_similarity(
 
     ``score[b, t] = mean_{j : vision_mask[b, j]} sim(hidden[b, S - C + t], hidden[b, j])`` with
     ``sim`` = cosine (``"cosine"``, a zero vector has cosine 0), dot product (``"dot"``), negative
-    Euclidean distance (``"l2"``) or negative Manhattan distance (``"l1"``).
+    Euclidean distance (``"l2"``) or negative Manhattan distance (``"l1"``). ``"cosine_to_mean"`` is
+    instead ``cos(hidden[b, S - C + t], mean_j hidden[b, j])``, the cosine to the mean image vector
+    (VGPO's visual prototype; equal to ``"cosine"`` only when all image vectors have the same norm).
 
     Cosine and dot never form the (C, V) similarity matrix: the mean over image tokens commutes with
     the inner product, so one (B, D) image mean per layer suffices. l1/l2 compute distances in
@@ -251,6 +258,10 @@ def layer_similarity(
         normalize = score_type == "cosine"
         image_mean = _image_mean(hidden, vision_mask, normalize, span)
         scores = _completion_dot(hidden, completion_length, image_mean, normalize)
+    elif score_type == "cosine_to_mean":  # cos(h_t, m) with m the plain mean image vector, normalised once
+        image_mean = _image_mean(hidden, vision_mask, False, span)
+        image_mean = image_mean / torch.linalg.vector_norm(image_mean, dim=-1, keepdim=True).clamp_min(1e-12)
+        scores = _completion_dot(hidden, completion_length, image_mean, True)
     else:
         p = 2.0 if score_type == "l2" else 1.0
         scores = _completion_distance(hidden, vision_mask, completion_length, p, span)

@@ -26,6 +26,7 @@ from pepo.methods.grpo import GRPO
 from pepo.methods.high_entropy import HighEntropy
 from pepo.methods.papo import PAPO_D, PAPO_G
 from pepo.methods.pepo import PEPO, PEPO_D, PEPO_G, ExplorationOnly, PerceptionOnly
+from pepo.methods.vgpo import VGPO
 from pepo.methods.vppo import VPPO
 
 __all__ = ["Method", "LossContext", "RolloutContext", "TokenWeights", "ENTRY_POINT_GROUP", "register", "get_method",
@@ -54,7 +55,7 @@ def register(obj: type[Method] | Method) -> type[Method] | Method:
     return obj
 
 
-for _cls in (GRPO, DAPO, PEPO, PEPO_G, PEPO_D, PerceptionOnly, ExplorationOnly, HighEntropy, PAPO_G, PAPO_D, VPPO):
+for _cls in (GRPO, DAPO, PEPO, PEPO_G, PEPO_D, PerceptionOnly, ExplorationOnly, HighEntropy, PAPO_G, PAPO_D, VPPO, VGPO):
     _BUILTIN[_cls.name] = _cls()
 
 
