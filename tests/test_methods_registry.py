@@ -18,7 +18,7 @@ from tests.test_trainer import _loss_and_grads, _max_diff, _prepared_batch, make
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILTIN = ["grpo", "dapo", "pepo", "pepo_g", "pepo_d", "perception_only", "exploration_only", "high_entropy",
-           "papo_g", "papo_d", "vppo", "vgpo"]
+           "papo_g", "papo_d", "vppo", "vgpo", "clip_cov"]
 
 
 def readme_example() -> str:

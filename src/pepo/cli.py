@@ -41,6 +41,7 @@ def _train_help() -> str:
     lines = [_TRAIN_HELP]
     pepo_fields = [f for f in dataclasses.fields(PEPOConfig) if f.name in PEPOConfig.__annotations__]
     from pepo.callbacks_token_views import TokenViewArguments
+    from pepo.methods.clip_cov import ClipCovArguments
     from pepo.methods.vgpo import VGPOArguments
     from pepo.perception_trainer import PerceptionArguments
 
@@ -48,6 +49,7 @@ def _train_help() -> str:
               ("PAPO / VPPO (methods papo_g, papo_d, vppo; None = the method's default)",
                dataclasses.fields(PerceptionArguments)),
               ("VGPO (method vgpo)", dataclasses.fields(VGPOArguments)),
+              ("Clip-Cov (method clip_cov)", dataclasses.fields(ClipCovArguments)),
               ("token views (pepo watch RUN_DIR, <output_dir>/token_views/index.html)",
                dataclasses.fields(TokenViewArguments)))
     for title, fields in groups:

@@ -51,6 +51,7 @@ from trl.trainer.utils import RepeatSampler
 from pepo.dynamic_sampling import FILTERS, concat_batches, filter_reward_columns, informative_groups, select_rows, total_rewards
 from pepo.hooks import VisualScoreCapture
 from pepo.methods import LossContext, Method, builtin_methods, get_method
+from pepo.methods.clip_cov import ClipCovArguments
 from pepo.methods.vgpo import VGPOArguments
 from pepo.perception_trainer import PerceptionArguments, PerceptionMixin
 from pepo.faults import fault_point
@@ -91,7 +92,7 @@ _SCORE_TYPES = ("cosine", "dot", "l2", "l1", "cosine_to_mean")  # pepo.weights S
 
 
 @dataclass
-class PEPOConfig(GRPOConfig, PerceptionArguments, TokenViewArguments, VGPOArguments):
+class PEPOConfig(GRPOConfig, PerceptionArguments, TokenViewArguments, VGPOArguments, ClipCovArguments):
     """GRPOConfig plus PEPO's options. Every GRPOConfig field keeps its TRL meaning.
 
     Defaults follow the paper's public release at commit 2b1e788 (alpha 0.05, tau 1.8, cosine,
@@ -627,7 +628,8 @@ class PEPOTrainer(TokenViewMixin, PerceptionMixin, GRPOTrainer):
         return LossContext(
             args=self.args, training=training, progress=self.progress, mask=mask, advantages=inputs["advantages"],
             logps=logps, entropies=entropies, scores=scores, no_image=rows_without_image(vision_mask),
-            masked_logps=self._pepo_step["masked"], rollout={k: inputs[k] for k in method.rollout_keys},
+            masked_logps=self._pepo_step["masked"], old_logps=inputs.get("old_per_token_logps"),
+            rollout={k: inputs[k] for k in method.rollout_keys},
             accumulation=accumulation, token_normalizer=normalizer,
         )
 

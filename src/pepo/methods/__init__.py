@@ -21,6 +21,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from pepo.methods.base import LossContext, Method, RolloutContext, TokenWeights
+from pepo.methods.clip_cov import ClipCov
 from pepo.methods.dapo import DAPO
 from pepo.methods.grpo import GRPO
 from pepo.methods.high_entropy import HighEntropy
@@ -55,7 +56,7 @@ def register(obj: type[Method] | Method) -> type[Method] | Method:
     return obj
 
 
-for _cls in (GRPO, DAPO, PEPO, PEPO_G, PEPO_D, PerceptionOnly, ExplorationOnly, HighEntropy, PAPO_G, PAPO_D, VPPO, VGPO):
+for _cls in (GRPO, DAPO, PEPO, PEPO_G, PEPO_D, PerceptionOnly, ExplorationOnly, HighEntropy, PAPO_G, PAPO_D, VPPO, VGPO, ClipCov):
     _BUILTIN[_cls.name] = _cls()
 
 

@@ -79,6 +79,8 @@ class LossContext:
         scores: (B, C) float32 visual-similarity scores, or None when nobody asked for them.
         no_image: (B,) bool rows without an image token.
         masked_logps: (B, C) log-probs with the image corrupted (rollout policy by default), or None.
+        old_logps: (B, C) log-probs of the policy that sampled the tokens (TRL's ``old_per_token_logps``), or
+            None when TRL has none (on-policy: the ratio is 1, TRL uses ``logps.detach()``).
         rollout: the per-row columns of :meth:`Method.rollout_columns` for these rows.
         accumulation: micro-batches per optimizer step (1 in evaluation).
         token_normalizer: TRL's ``dapo`` normaliser of this micro-batch: the tokens of one
@@ -98,6 +100,7 @@ class LossContext:
     scores: torch.Tensor | None
     no_image: torch.Tensor
     masked_logps: torch.Tensor | None = None
+    old_logps: torch.Tensor | None = None
     rollout: Mapping[str, torch.Tensor] = field(default_factory=dict)
     accumulation: float = 1.0
     token_normalizer: torch.Tensor | float = 1.0
