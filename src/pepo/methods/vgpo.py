@@ -21,6 +21,9 @@ code's ``_compute_visual_attention_weights`` and ``update_policy`` do:
    many (rows past the last whole chunk keep 1), else the whole micro-batch;
 6. token advantage ``A_i * alpha_i * psi_it`` on the clipped surrogate.
 
+Rows without an image token or with a non-finite score get ``w_hat = 0`` (so ``psi = 1``, ``phi = 0``) and are
+counted in ``pepo/uniform_fallback_rows``; their similarity still counts as 0 in step 1's range.
+
 Loss shape of the public script (EasyR1 defaults + ``examples/configs/config.yaml``): clip 0.2 / 0.28,
 dual clip 3.0, micro-batch token means weighted by their token share of the update batch, no KL
 (``disable_kl``), online filtering on accuracy, no overlong filtering: TRL ``loss_type dapo``,
@@ -176,8 +179,10 @@ def vgpo_terms(scores: torch.Tensor, mask: torch.Tensor, valid_rows: torch.Tenso
     """All of VGPO's quantities for one micro-batch (float32; see the module docstring for the steps)."""
     focus = vgpo_focus(scores, mask, valid_rows)
     compensation = vgpo_compensation(mask, args.vgpo_compensation_strength)
-    gate = vgpo_gate(focus, mask, args.vgpo_gate_start, args.vgpo_gate_fraction)
-    w_hat = _row_minmax(focus * (1.0 + gate * compensation), mask)
+    # rows without an image (or with non-finite scores) have no focus: uniform psi = 1 and phi = 0 (the public code
+    # would give an image-less row its constant focus times the compensation ramp, and NaN everywhere for a NaN)
+    gate = vgpo_gate(focus, mask, args.vgpo_gate_start, args.vgpo_gate_fraction) & valid_rows[:, None]
+    w_hat = _row_minmax(focus * (1.0 + gate * compensation), mask & valid_rows[:, None])
     psi = vgpo_intra_factors(w_hat, mask, (args.vgpo_intra_min, args.vgpo_intra_max))
     alpha = vgpo_inter_factors(w_hat, mask, args.num_generations, (args.vgpo_inter_min, args.vgpo_inter_max))
     return {"focus": focus, "compensation": compensation, "gate": gate, "w_hat": w_hat, "psi": psi, "alpha": alpha}
