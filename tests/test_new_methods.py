@@ -42,7 +42,8 @@ def ref_vgpo(scores, mask, has_image, beta, gamma, kappa, group, intra_clamp=(0.
     valid = [[bool(mask[b][t]) for t in range(cols)] for b in range(rows)]
     # similarities: padding positions have zero hidden states (cosine 0), rows without image are all 0
     sim = [[scores[b][t] if (has_image[b] and valid[b][t]) else 0.0 for t in range(cols)] for b in range(rows)]
-    flat = [x for row in sim for x in row]
+    # every public response is padded to max_response_length (2048): a zero cell is always in the range
+    flat = [x for row in sim for x in row] + [0.0]
     lo, hi = min(flat), max(flat)
     w = [[(x - lo) / (hi - lo + 1e-8) if valid[b][t] else 0.0 for t, x in enumerate(row)] for b, row in enumerate(sim)]
     comp = [[0.0] * cols for _ in range(rows)]
@@ -362,3 +363,49 @@ def test_method_trains_in_the_demo(method, metric, lo, hi, tmp_path):
     values = [m[metric] for m in metrics if metric in m]
     assert len(values) == 2 and all(lo <= v <= hi for v in values), values
     assert f"method: {method}" in (out / "config.yaml").read_text()
+
+
+def test_vgpo_range_holds_zero_even_without_padding(tmp_path):
+    """The public code pads every response to max_response_length with zero hidden states (cosine 0), so 0 is
+    always inside its micro-batch range: with every token valid and every score positive, the focus minimum is
+    min(s) / max(s) > 0, not 0."""
+    vgpo = get_method("vgpo")
+    args = make_config(tmp_path, method="vgpo")
+    scores = torch.tensor([[0.5, 0.25, 0.75], [1.0, 0.5, 0.25]])
+    ctx = _ctx(args, torch.ones(2, 3, dtype=torch.bool), torch.ones(2), scores=scores)
+    vgpo.token_weights(ctx)
+    expected = ref_vgpo(scores.double().tolist(), [[True] * 3] * 2, [True, True], 0.3, 0.5, 0.2, 8)["focus"]
+    assert expected[0][1] == pytest.approx(0.25, abs=1e-7)
+    torch.testing.assert_close(ctx.cache["vgpo"]["focus"].double(), torch.tensor(expected, dtype=torch.float64),
+                               atol=1e-6, rtol=0)
+
+
+def test_trainer_hands_the_sampling_policy_logps_to_the_method(tiny_vlm, tmp_path, monkeypatch):
+    """Off-policy (two iterations per generation batch) ctx.old_logps is TRL's old_per_token_logps; on-policy None."""
+    seen = []
+    token_mask = ClipCov.token_mask
+
+    def spy(self, ctx):
+        seen.append(ctx.old_logps)
+        return token_mask(self, ctx)
+
+    monkeypatch.setattr(ClipCov, "token_mask", spy)
+    for iterations in (1, 2):
+        trainer = make_trainer(tiny_vlm, tmp_path, method="clip_cov", dynamic_sampling=False, num_iterations=iterations)
+        inputs = _prepared_batch(trainer, progress=0.5)
+        trainer.compute_loss(trainer.model, inputs)
+        old = inputs.get("old_per_token_logps")
+        assert (old is None) == (iterations == 1)
+        assert seen[-1] is old
+
+
+def test_vgpo_token_factor_is_clamped_at_0_1(tmp_path):
+    """One low token among many high ones: 1 + w_hat - mean(w_hat) < 0.1, clamped as the public code."""
+    vgpo = get_method("vgpo")
+    args = make_config(tmp_path, method="vgpo", vgpo_compensation_strength=0.0)
+    scores = torch.tensor([[0.0] + [1.0] * 19, [0.5] * 10 + [0.25] * 10])
+    mask = torch.ones(2, 20, dtype=torch.bool)
+    ref = ref_vgpo(scores.double().tolist(), mask.tolist(), [True, True], 0.0, 0.5, 0.2, 8)["psi"]
+    assert min(ref[0]) == 0.1  # 1 + 0 - 0.95 would be 0.05
+    weights = vgpo.token_weights(_ctx(args, mask, torch.ones(2), scores=scores))
+    torch.testing.assert_close(weights.multiplier.double(), torch.tensor(ref, dtype=torch.float64), atol=1e-6, rtol=0)
