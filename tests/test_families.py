@@ -279,3 +279,29 @@ def test_saved_folder_has_the_family_processor_files(family, tokenizers, tmp_pat
     # any save of the processor (warm start, Trainer checkpoints, run.py's final checkpoint) writes the same files
     processor.save_pretrained(tmp_path / "plain")
     check_processor_folder(family, tmp_path / "plain", processor)
+
+
+@pytest.mark.parametrize("tiny", PARAMS, indirect=True)
+def test_family_prompt_length_counts_image_tokens(tiny):
+    """pepo.data.prompt_length measures each family's prompt with its image tokens (the table's numbers)."""
+    from pepo.data.prompt_length import PromptTooLong, check_prompt_lengths, measure_prompt
+
+    family, model, processor = tiny
+    token = image_token_id(model, processor)
+    text = processor.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=False)
+    measured = {}
+    for side, expected in ((112, FAMILIES[family][1]), (300, FAMILIES[family][2])):
+        image = Image.new("RGB", (side, side), "red")
+        measured[side] = measure_prompt(processor, PROMPT, [image], token)
+        assert measured[side][1] == expected, side
+        assert measured[side][0] == processor(text=[text], images=[[image]], return_tensors="pt")["input_ids"].shape[1]
+    rows = [{"id": "small", "prompt": PROMPT, "images": [Image.new("RGB", (112, 112))]},
+            {"id": "large", "prompt": PROMPT, "images": [Image.new("RGB", (300, 300))]}]
+    (small, _), (large, large_image) = measured[112], measured[300]
+    check = dict(context=small + 1, context_name="vllm_max_model_length", completion_length=1)
+    if large > small:  # anyres (LLaVA-OneVision): the larger image is more tokens and no longer fits
+        with pytest.raises(PromptTooLong, match=f"row 1 \\(id 'large'\\): the prompt is {large} tokens with its "
+                                                f"image \\({large_image} image tokens\\)"):
+            check_prompt_lengths(processor, rows, token, **check)
+    else:  # one tile whatever the size: both fit
+        assert check_prompt_lengths(processor, rows, token, **check).longest == small
