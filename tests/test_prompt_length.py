@@ -165,3 +165,22 @@ def test_qwen_count_from_image_sizes_equals_the_processor(tiny_vlm):
     # the hand count of one case: 448x448 -> (448 / 28)^2 image tokens
     assert measure_prompt(processor, [_row(0, BIG)["prompt"][0]], _row(0, BIG)["images"], token)[1] == BIG_TOKENS
 
+
+
+@pytest.mark.parametrize("command", ["eval", "analyze"])
+def test_pepo_eval_and_analyze_stop_before_generating_naming_the_prompt(tiny_vlm, tmp_path, capsys, command):
+    from pepo.cli import main
+
+    # geometry3k's prompt carries its ~200-token instruction: the small images fit 300 positions, the big one not
+    ckpt, data = _checkpoint_and_data(tiny_vlm, tmp_path, max_positions=300)
+    task = ["--task", "geometry3k", "--dataset", str(data), "--split", "train", "--image_root", str(data.parent),
+            "--image_column", "image", "--question_column", "question", "--answer_column", "answer",
+            "--max_new_tokens", "3"]
+    argv = ["eval", "--model", str(ckpt), *task, "--reward", "exact_match", "--output_dir", str(tmp_path / "out")] \
+        if command == "eval" else ["analyze", "tokens", "--model", str(ckpt), *task, "--out", str(tmp_path / "out")]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "row 2 (id 'q2'): the prompt is" in err and f"({BIG_TOKENS} image tokens); with --max_new_tokens=3" in err
+    assert "the model's max_position_embeddings is 300" in err
+    assert not (tmp_path / "out" / "samples.jsonl").exists()
