@@ -148,8 +148,8 @@ def test_family_hook_scores_equal_output_hidden_states(tiny):
 def test_family_trains_with_pepo(tiny, tmp_path):
     family, model, processor = tiny
     trainer = PEPOTrainer(
-        model=model, reward_funcs=varied_reward, args=make_config(tmp_path), train_dataset=make_rl_rows(8),
-        processing_class=processor,
+        model=model, reward_funcs=varied_reward, args=make_config(tmp_path, save_strategy="steps", save_steps=2),
+        train_dataset=make_rl_rows(8), processing_class=processor,
     )
     image_tokens_per_row: list[int] = []
     apply = trainer._apply_token_weights
@@ -170,6 +170,12 @@ def test_family_trains_with_pepo(tiny, tmp_path):
     assert {"pepo/vs_mean", "pepo/entropy_mean", "pepo/uniform_fallback_rows"} <= logged
     assert [r["pepo/uniform_fallback_rows"] for r in records if "pepo/uniform_fallback_rows" in r] == [0.0, 0.0]
     assert all(torch.isfinite(torch.tensor(r["pepo/vs_mean"])) for r in records if "pepo/vs_mean" in r)
+    # the folders training writes carry the family's processor files: Trainer's checkpoint-N, and the final
+    # model as run.py saves it (trainer.save_model, then processor.save_pretrained)
+    check_processor_folder(family, tmp_path / "out" / "checkpoint-2", processor)
+    trainer.save_model(str(tmp_path / "final"))
+    processor.save_pretrained(str(tmp_path / "final"))
+    check_processor_folder(family, tmp_path / "final", processor)
 
 
 @pytest.mark.parametrize("tiny", PARAMS, indirect=True)
@@ -202,3 +208,100 @@ def test_image_token_id_accepts_gemma3_placeholder_but_not_a_real_mismatch(token
     assert image_token_id(types.SimpleNamespace(image_token_id=soft), processor) == soft
     with pytest.raises(ValueError, match="mismatch"):
         image_token_id(types.SimpleNamespace(image_token_id=eoi), processor)
+
+
+#: family -> transformers' video-processor class for its processor (None: the processor declares none). Hub
+#: checkpoints of these families carry it as video_preprocessor_config.json ("video_processor_type").
+VIDEO_CLASSES = {
+    "qwen2_5_vl": "Qwen2VLVideoProcessor", "qwen2_vl": "Qwen2VLVideoProcessor", "internvl": "InternVLVideoProcessor",
+    "smolvlm": "SmolVLMVideoProcessor", "llava_onevision": "LlavaOnevisionVideoProcessor",
+    "idefics3": None, "gemma3": None,
+}
+#: what every saved processor folder holds (transformers 5.x nests the image processor in processor_config.json)
+PROCESSOR_FILES = {"processor_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"}
+#: video classes that transformers lets us import without torchvision (their module does not import it)
+VIDEO_IMPORTABLE = {
+    "SmolVLMVideoProcessor": "transformers.models.smolvlm.video_processing_smolvlm",
+    "LlavaOnevisionVideoProcessor": "transformers.models.llava_onevision.video_processing_llava_onevision",
+}
+
+
+def check_processor_folder(family: str, folder, processor) -> None:
+    """A folder pepo saved loads like a hub checkpoint of ``family``: the files, pepo's loader, the stock
+    ``AutoProcessor`` (or, without torchvision, how far it gets), and the video config's settings."""
+    import importlib
+    import json
+
+    from transformers import AutoProcessor
+
+    from pepo.models.loading import load_processor, torchvision_available
+
+    files = {p.name for p in folder.iterdir()}
+    video_cls = VIDEO_CLASSES[family]
+    assert PROCESSOR_FILES <= files, (family, sorted(files))
+    assert ("video_preprocessor_config.json" in files) == (video_cls is not None), (family, sorted(files))
+    loaded = load_processor(str(folder))
+    assert type(loaded).__name__ == type(processor).__name__
+    assert loaded.image_processor.to_dict() == processor.image_processor.to_dict()
+    if video_cls is None:
+        assert type(AutoProcessor.from_pretrained(str(folder))).__name__ == type(processor).__name__
+        return
+    config = json.loads((folder / "video_preprocessor_config.json").read_text())
+    image = processor.image_processor
+    assert config["video_processor_type"] == video_cls and config["processor_class"] == type(processor).__name__
+    # frames are processed like the images: same size, resampling, rescaling and normalisation
+    assert config["size"] == {k: v for k, v in dict(image.size).items() if v is not None}
+    assert (config["resample"], config["rescale_factor"]) == (int(image.resample), image.rescale_factor)
+    assert (config["image_mean"], config["image_std"]) == (list(image.image_mean), list(image.image_std))
+    if torchvision_available():
+        stock = AutoProcessor.from_pretrained(str(folder))
+        assert type(stock.video_processor).__name__ == video_cls
+        assert dict(stock.video_processor.size) == dict(image.size)
+    else:
+        # the stock loader finds the file and resolves the family's class; only torchvision is missing
+        with pytest.raises(ImportError, match=f"{video_cls} requires the Torchvision"):
+            AutoProcessor.from_pretrained(str(folder))
+    if video_cls in VIDEO_IMPORTABLE:  # the stock class reads the file back into the same settings
+        cls = getattr(importlib.import_module(VIDEO_IMPORTABLE[video_cls]), video_cls)
+        video = cls.from_pretrained(str(folder))
+        assert set(config) - {"processor_class"} <= set(cls().to_dict()), "a key the stock class does not save"
+        assert {k: v for k, v in dict(video.size).items() if v is not None} == config["size"]
+        assert (list(video.image_mean), list(video.image_std)) == (config["image_mean"], config["image_std"])
+        assert (int(video.resample), video.rescale_factor) == (config["resample"], config["rescale_factor"])
+        if "max_image_size" in config:
+            assert video.max_image_size == dict(image.max_image_size)
+
+
+@pytest.mark.parametrize("family", [pytest.param(f, marks=_needs(f), id=f) for f in SUPPORTED_FAMILIES])
+def test_saved_folder_has_the_family_processor_files(family, tokenizers, tmp_path):
+    model, processor = build_tiny_model(family, tokenizers(family), SPEC, seed=0)
+    check_processor_folder(family, save_tiny(model, processor, tmp_path / "tiny"), processor)
+    # any save of the processor (warm start, Trainer checkpoints, run.py's final checkpoint) writes the same files
+    processor.save_pretrained(tmp_path / "plain")
+    check_processor_folder(family, tmp_path / "plain", processor)
+
+
+@pytest.mark.parametrize("tiny", PARAMS, indirect=True)
+def test_family_prompt_length_counts_image_tokens(tiny):
+    """pepo.data.prompt_length measures each family's prompt with its image tokens (the table's numbers)."""
+    from pepo.data.prompt_length import PromptTooLong, check_prompt_lengths, measure_prompt
+
+    family, model, processor = tiny
+    token = image_token_id(model, processor)
+    text = processor.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=False)
+    measured = {}
+    for side, expected in ((112, FAMILIES[family][1]), (300, FAMILIES[family][2])):
+        image = Image.new("RGB", (side, side), "red")
+        measured[side] = measure_prompt(processor, PROMPT, [image], token)
+        assert measured[side][1] == expected, side
+        assert measured[side][0] == processor(text=[text], images=[[image]], return_tensors="pt")["input_ids"].shape[1]
+    rows = [{"id": "small", "prompt": PROMPT, "images": [Image.new("RGB", (112, 112))]},
+            {"id": "large", "prompt": PROMPT, "images": [Image.new("RGB", (300, 300))]}]
+    (small, _), (large, large_image) = measured[112], measured[300]
+    check = dict(context=small + 1, context_name="vllm_max_model_length", completion_length=1)
+    if large > small:  # anyres (LLaVA-OneVision): the larger image is more tokens and no longer fits
+        with pytest.raises(PromptTooLong, match=f"row 1 \\(id 'large'\\): the prompt is {large} tokens with its "
+                                                f"image \\({large_image} image tokens\\)"):
+            check_prompt_lengths(processor, rows, token, **check)
+    else:  # one tile whatever the size: both fit
+        assert check_prompt_lengths(processor, rows, token, **check).longest == small

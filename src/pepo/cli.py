@@ -203,6 +203,13 @@ def _analyze_tokens(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         print(f"pepo: error: checkpoint {args.model!r} could not be loaded: {err}", file=sys.stderr)
         return 2
+    try:  # every prompt with its image tokens fits the model's context, or stop now naming the row
+        from pepo.data.prompt_length import check_eval_prompts
+
+        print(check_eval_prompts(rows, processor, model, args.model, settings.max_new_tokens))
+    except ValueError as err:
+        print(f"pepo: error: {err}", file=sys.stderr)
+        return 2
     name = Path(args.model.rstrip("/"))
     name = name.parent.name if name.name == "checkpoint" else name.name
     out = Path(args.out or Path("runs/analysis") / name / args.task)

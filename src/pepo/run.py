@@ -352,6 +352,7 @@ def _dry_run(script_args: ScriptArguments, training_args: PEPOConfig, data: Any,
         ids = processor(text=[text], images=[row["images"]], return_tensors="pt")["input_ids"]
         if not (ids == token).any():
             raise ValueError(f"split {name!r} row 0: the processor produced no image token (id {token}) for the prompt.")
+    _check_prompts(data, config, processor, script_args, training_args, log)
     if training_args.use_vllm and importlib.util.find_spec("vllm") is None:
         log("note: use_vllm is set but vLLM is not installed in this environment; training here would stop at "
             "start-up (pip install vllm, or drop use_vllm to sample with transformers).")
@@ -364,6 +365,19 @@ def _dry_run(script_args: ScriptArguments, training_args: PEPOConfig, data: Any,
         f"{global_batch // training_args.num_generations} prompts x {training_args.num_generations} samples "
         f"x {training_args.gradient_accumulation_steps} accumulation steps"
     )
+
+
+def _check_prompts(data: Any, model_or_config: Any, processor: Any, script_args: ScriptArguments,
+                   training_args: PEPOConfig, log: Callable[[str], None]) -> None:
+    """Every prompt, with its image tokens, must fit the context (TRL never truncates; vLLM would refuse it
+    mid-run): raises :class:`pepo.data.prompt_length.PromptTooLong` naming the row and the length needed."""
+    from pepo.data.prompt_length import check_run_prompts
+    from pepo.models.loading import image_token_id
+
+    config = getattr(model_or_config, "config", model_or_config)
+    token = image_token_id(config, processor, image_token=training_args.image_token)
+    for line in check_run_prompts(data, processor, config, token, training_args, script_args.eval_max_new_tokens):
+        log(line)
 
 
 def run_training(
@@ -445,10 +459,12 @@ def _run_training(script_args: ScriptArguments, training_args: PEPOConfig, log: 
             log(f"reusing the warm-started model in {out / _WARM_START_DIR} ({ws_steps} steps) and its scores")
         else:
             model, processor, _ = build_model(script_args, training_args, data, log)
+        _check_prompts(data, model, processor, script_args, training_args, log)
     else:
         if resume is not None:
             log(f"{out / _PRE_RL} is missing: redoing the model set-up and the scoring before RL")
         model, processor, ws_steps = build_model(script_args, training_args, data, log)
+        _check_prompts(data, model, processor, script_args, training_args, log)  # before scoring and training
         before = None
         if test is not None:
             before = evaluate_accuracy(model, processor, test, reward_funcs[0], script_args.eval_max_new_tokens,

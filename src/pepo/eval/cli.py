@@ -239,6 +239,14 @@ def eval_main(argv: Sequence[str]) -> int:
     except (OSError, ValueError) as err:
         print(f"pepo: error: checkpoint {args.model!r} could not be loaded: {err}", file=sys.stderr)
         return 2
+    try:  # every prompt with its image tokens fits the context, or stop now naming the row (never truncated)
+        from pepo.data.prompt_length import check_eval_prompts
+
+        print(check_eval_prompts(rows, processor, model, args.model, settings.max_new_tokens,
+                                 args.max_model_len if backend == "vllm" else None))
+    except ValueError as err:
+        print(f"pepo: error: {err}", file=sys.stderr)
+        return 2
     if backend == "vllm":
         from pepo.eval.vllm_backend import VLLMGenerator, VLLMUnavailable
 

@@ -183,6 +183,16 @@ def without_video_processor(processor_cls: type) -> type:
                 )
             return super().__call__(*args, **kwargs)
 
+        def save_pretrained(self, save_directory, *args, **kwargs):
+            # The stock class (where torchvision is installed) and vLLM load a video processor for this
+            # family and stop if the folder has no config for one: write it beside the processor's own files.
+            # Every save goes through here: save_tiny, the warm start, Trainer's checkpoint-N, the final model.
+            from pepo.models.video_config import write_video_processor_config
+
+            result = super().save_pretrained(save_directory, *args, **kwargs)
+            write_video_processor_config(self, save_directory)
+            return result
+
     _ImageOnlyProcessor.__name__ = processor_cls.__name__
     # pickle looks classes up by module + __qualname__; the module-level __getattr__ below rebuilds
     # "<Name>_ImageOnly" on demand, so instances pickle (e.g. for datasets' fingerprinting) and unpickle.

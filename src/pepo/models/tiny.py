@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from pepo.models.loading import without_video_processor
+from pepo.models.video_config import write_video_processor_config
 
 __all__ = [
     "QWEN_SPECIAL_TOKENS",
@@ -912,55 +913,14 @@ def build_tiny_model(family: str, tokenizer, spec: TinyVLMSpec = TinyVLMSpec(), 
 VLLM_TINY_SPEC = TinyVLMSpec(hidden_size=128, num_heads=4, num_kv_heads=2, intermediate_size=256,
                              mrope_section=(4, 6, 6))
 
-# Qwen2-VL-family processors whose stock class declares a video sub-processor: the video processor each uses.
-_QWEN_VIDEO_PROCESSORS = {"Qwen2VLProcessor": "Qwen2VLVideoProcessor", "Qwen2_5_VLProcessor": "Qwen2VLVideoProcessor"}
-
-
-def write_video_processor_config(processor, path) -> Path | None:
-    """Write ``video_preprocessor_config.json`` for a Qwen2-VL-family processor saved without one.
-
-    pepo's image-only processors (no torchvision, see :func:`pepo.models.loading.without_video_processor`)
-    save no video-processor config, but the stock ``AutoProcessor`` (where torchvision is installed) and vLLM
-    require one for these families. The config mirrors the image processor's sizes and normalisation (what
-    ``Qwen2VLVideoProcessor`` itself would save for them). Returns the file written, or None (another family, or
-    the file exists).
-    """
-    path = Path(path)
-    target = path / "video_preprocessor_config.json"
-    name = type(processor).__name__.removesuffix("_ImageOnly")
-    video_cls = _QWEN_VIDEO_PROCESSORS.get(name)
-    image = getattr(processor, "image_processor", None)
-    if video_cls is None or image is None or target.exists():
-        return None
-    import json
-
-    config = {
-        "video_processor_type": video_cls,
-        "processor_class": name,
-        "size": {"shortest_edge": image.size["shortest_edge"], "longest_edge": image.size["longest_edge"]},
-        "patch_size": image.patch_size,
-        "temporal_patch_size": image.temporal_patch_size,
-        "merge_size": image.merge_size,
-        "do_convert_rgb": True,
-        "do_resize": True,
-        "resample": int(getattr(image, "resample", 3)),
-        "do_rescale": True,
-        "rescale_factor": image.rescale_factor,
-        "do_normalize": True,
-        "image_mean": list(image.image_mean),
-        "image_std": list(image.image_std),
-        "do_sample_frames": False,
-    }
-    target.write_text(json.dumps(config, indent=2) + "\n")
-    return target
-
-
 def save_tiny(model, processor, path) -> Path:
     """``save_pretrained`` the model and processor into ``path`` (created); reload them with
     :func:`pepo.models.loading.load_model_and_processor`. Returns the directory.
 
-    For families with a video processor (Qwen2-VL, Qwen2.5-VL) the folder also gets its config
-    (:func:`write_video_processor_config`), so the stock ``AutoProcessor`` and vLLM load it too."""
+    For families with a video processor (Qwen2-VL, Qwen2.5-VL, InternVL, SmolVLM, LLaVA-OneVision) the
+    folder also gets its ``video_preprocessor_config.json``
+    (:func:`pepo.models.video_config.write_video_processor_config`; pepo's image-only processors write it in
+    their own ``save_pretrained``), so the stock ``AutoProcessor`` and vLLM load it too."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
