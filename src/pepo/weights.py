@@ -71,7 +71,8 @@ _RANGE_EPS = 1e-6
 
 def _check_layer_inputs(hidden: torch.Tensor, vision_mask: torch.Tensor, completion_length: int, score_type: str):
     if score_type not in SCORE_TYPES + PROTOTYPE_SCORE_TYPES:
-        raise ValueError(f"score_type must be one of {list(SCORE_TYPES + PROTOTYPE_SCORE_TYPES)}, got {score_type!r}")
+        raise ValueError(f"score_type must be one of {list(SCORE_TYPES)} or {list(PROTOTYPE_SCORE_TYPES)}, "
+                         f"got {score_type!r}")
     if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3:
         shape = tuple(hidden.shape) if isinstance(hidden, torch.Tensor) else type(hidden).__name__
         raise ValueError(f"hidden_states must be (B, S, D) tensors, got {shape}")
