@@ -1,10 +1,12 @@
-"""Step time and peak memory of PEPO, PAPO and VPPO against GRPO, side by side in one run.
+"""Step time and peak memory of PEPO, PAPO, VPPO, VGPO and Clip-Cov against GRPO, side by side in one run.
 
 One trainer, one model, the same prompts and sampling seed; the method is switched in place and the
 methods' steps alternate after a warm-up, so machine noise hits all of them. Every method runs on
 GRPO's loss (loss_type grpo, beta 0, no dynamic sampling), so the differences are each method's
 own work: PEPO's hooks and weights; PAPO's and VPPO's extra masked-image forward, masking (PAPO
-re-runs the image processor on the masked raw images) and loss terms.
+re-runs the image processor on the masked raw images) and loss terms; VGPO's last-layer hook and factors
+(its own score type, cosine to the mean image vector); Clip-Cov's covariance and draw. DAPO, PEPO_G and
+PEPO_D do per-token what GRPO and PEPO do (they differ in loss shape and sampling, not measured here).
 
 * step time: median over ``--steps`` of generate + loss + backward (as ``benchmarks.step_overhead``);
 * peak memory: peak extra bytes during loss + backward (which contains the masked forward) on one
@@ -31,13 +33,20 @@ from benchmarks._trainer_setup import add_model_arguments, describe, model_setti
 from benchmarks.peak_memory import _peak_bytes_cpu
 from pepo.perception_trainer import PERCEPTION_DEFAULTS
 
-METHODS = ("grpo", "pepo", "papo_g", "papo_d", "vppo")
+METHODS = ("grpo", "pepo", "papo_g", "papo_d", "vppo", "vgpo", "clip_cov")
+#: VGPO's hidden-state score (its preset's): cosine of the last layer to the mean image vector
+_VGPO_SCORES = {"vision_score_type": "cosine_to_mean", "vision_layers": [-1]}
 
 
-def _switch(trainer, capture, method: str) -> None:
-    """In-place method switch; PAPO / VPPO get their public defaults, PEPO its hooks, the others none."""
-    use_method(trainer, capture, method, **PERCEPTION_DEFAULTS.get(method, {}))
-    if method != "pepo":
+def _switch(trainer, captures: dict, method: str) -> None:
+    """In-place method switch; PAPO / VPPO get their public defaults, PEPO / VGPO their hooks, the others none.
+
+    ``captures``: method -> (its :class:`~pepo.hooks.VisualScoreCapture`, its score settings); hooks fire
+    only while a capture records, so one capture per method adds nothing to the others.
+    """
+    capture, scores = captures.get(method, (None, {}))
+    use_method(trainer, capture, method, **PERCEPTION_DEFAULTS.get(method, {}), **scores)
+    if capture is None:
         trainer.args.log_token_stats = False
         trainer._capture = None
 
@@ -56,18 +65,20 @@ def measure(steps: int, settings: dict, repeats: int = 1) -> dict:
     with scratch_dir() as tmp:
         # initialised as PAPO_G so the shared generation below carries raw images and mask seeds
         trainer, step = step_trainer("papo_g", tmp, loss_type="grpo", beta=0.0, **settings)
-        capture = None
         from pepo.hooks import VisualScoreCapture
 
-        capture = VisualScoreCapture(trainer.model, trainer.args.vision_score_type, trainer.args.vision_layers)
+        pepo_scores = {"vision_score_type": trainer.args.vision_score_type,
+                       "vision_layers": trainer.args.vision_layers}
+        captures = {m: (VisualScoreCapture(trainer.model, s["vision_score_type"], s["vision_layers"]), s)
+                    for m, s in (("pepo", pepo_scores), ("vgpo", _VGPO_SCORES))}
         for method in METHODS:
-            _switch(trainer, capture, method)
+            _switch(trainer, captures, method)
             step()  # warm-up of each code path
         times: dict[str, list[float]] = {m: [] for m in METHODS}
         masked_ms: dict[str, list[float]] = {m: [] for m in METHODS}
         for _ in range(steps):
             for method in METHODS:
-                _switch(trainer, capture, method)
+                _switch(trainer, captures, method)
                 start = time.perf_counter()
                 step()
                 times[method].append(time.perf_counter() - start)
@@ -75,7 +86,7 @@ def measure(steps: int, settings: dict, repeats: int = 1) -> dict:
                 if ms is not None:
                     masked_ms[method].append(ms)
 
-        _switch(trainer, capture, "papo_g")
+        _switch(trainer, captures, "papo_g")
         batch = next(iter(trainer.get_train_dataloader()))
         trainer._buffered_inputs = None
         torch.manual_seed(0)
@@ -87,14 +98,14 @@ def measure(steps: int, settings: dict, repeats: int = 1) -> dict:
 
         peaks = {}
         for method in METHODS:
-            _switch(trainer, capture, method)
+            _switch(trainer, captures, method)
             loss_and_backward()
             peaks[method] = min(peak_bytes(loss_and_backward) for _ in range(repeats))
         # The training pass alone (no generation, which dominates a tiny model's step), interleaved too.
         train_times: dict[str, list[float]] = {m: [] for m in METHODS}
         for _ in range(steps):
             for method in METHODS:
-                _switch(trainer, capture, method)
+                _switch(trainer, captures, method)
                 start = time.perf_counter()
                 loss_and_backward()
                 if cuda:
