@@ -255,3 +255,14 @@ def test_train_from_local_checkpoint_and_jsonl_dataset_with_lora(tmp_path, tiny_
     assert changed, "LoRA-merged q_proj weights should differ from the starting checkpoint"
     untouched = [n for n, p in trained.named_parameters() if "mlp" in n and not torch.equal(p, before[n])]
     assert not untouched, "only LoRA targets may change"
+
+
+def test_max_prompt_length_is_refused_with_what_replaces_it(tmp_path):
+    # TRL 1.16 has no max_prompt_length; a user coming from TRL 0.x / EasyR1 must learn that nothing is cut
+    with pytest.raises(ConfigError, match=r"`--max_prompt_length`\. TRL 1\.16 removed it and pepo never truncates "
+                                          r"prompts.*checked, with its image tokens, against the context"):
+        parse_train_args(["--max_prompt_length", "512"])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("max_prompt_length: 512\n")
+    with pytest.raises(ConfigError, match=r"unknown config key `max_prompt_length`\. TRL 1\.16 removed it"):
+        load_yaml(recipe)

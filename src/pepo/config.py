@@ -204,7 +204,17 @@ def known_keys() -> set[str]:
     return {f.name for cls in (ScriptArguments, PEPOConfig) for f in dataclasses.fields(cls) if f.init}
 
 
+#: options users bring from other trainers that TRL 1.16 removed, with what to do instead
+_REMOVED = {
+    "max_prompt_length": " TRL 1.16 removed it and pepo never truncates prompts (a cut image breaks the model's "
+                         "image features): every prompt is checked, with its image tokens, against the context "
+                         "before a run starts (pepo.data.prompt_length).",
+}
+
+
 def _suggest(key: str) -> str:
+    if key.replace("-", "_") in _REMOVED:
+        return _REMOVED[key.replace("-", "_")]
     close = difflib.get_close_matches(key, sorted(known_keys()), n=1)
     return f" Did you mean `{close[0]}`?" if close else " Run `pepo train --help` for the list."
 
