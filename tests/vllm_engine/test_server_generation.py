@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -59,17 +60,19 @@ def server(vllm_tiny_dir, tmp_path_factory):
     with log.open("w") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
-        client = None
         deadline = time.time() + 600
-        while client is None:
+        while True:  # poll vLLM's /health once a second
             if proc.poll() is not None:
                 pytest.fail(f"trl vllm-serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
             if time.time() > deadline:
                 pytest.fail(f"trl vllm-serve did not come up in 600 s:\n{log.read_text()[-4000:]}")
             try:
-                client = VLLMClient(base_url=f"http://127.0.0.1:{port}", connection_timeout=5)
-            except Exception:  # not up yet (connection refused / timeout)
-                time.sleep(3)
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:  # not up yet (connection refused / reset / timeout)
+                time.sleep(1)
+        client = VLLMClient(base_url=f"http://127.0.0.1:{port}", connection_timeout=30)
         print(f"\n[measured] trl vllm-serve start (process to first answer): {time.perf_counter() - start:.1f} s")
         yield SimpleNamespace(client=client, log=log)
     finally:
