@@ -44,6 +44,7 @@ def _train_help() -> str:
     from pepo.methods.clip_cov import ClipCovArguments
     from pepo.methods.vgpo import VGPOArguments
     from pepo.perception_trainer import PerceptionArguments
+    from pepo.vllm_colocate import VLLMEngineArguments
 
     groups = (("data / model / warm start", dataclasses.fields(ScriptArguments)), ("PEPO", pepo_fields),
               ("PAPO / VPPO (methods papo_g, papo_d, vppo; None = the method's default)",
@@ -51,7 +52,9 @@ def _train_help() -> str:
               ("VGPO (method vgpo)", dataclasses.fields(VGPOArguments)),
               ("Clip-Cov (method clip_cov)", dataclasses.fields(ClipCovArguments)),
               ("token views (pepo watch RUN_DIR, <output_dir>/token_views/index.html)",
-               dataclasses.fields(TokenViewArguments)))
+               dataclasses.fields(TokenViewArguments)),
+              ("vLLM colocate engine (with --use_vllm true --vllm_mode colocate; TRL's vllm_* options apply too)",
+               dataclasses.fields(VLLMEngineArguments)))
     for title, fields in groups:
         lines.append(f"\n{title}:")
         for f in fields:

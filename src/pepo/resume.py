@@ -240,16 +240,26 @@ def rotate_checkpoints(run_dir: str | Path, limit: int | None, keep: Sequence[st
     return deleted
 
 
+#: config keys that do not describe the architecture (see :func:`model_fingerprint`)
+_NOT_ARCHITECTURE = ("transformers_version", "dtype", "torch_dtype", "name_or_path", "architectures", "use_cache",
+                     "bos_token_id", "eos_token_id", "pad_token_id")
+
+
 def model_fingerprint(model: Any) -> str:
     """``<model class>/<16 hex digits>``: the architecture and sizes of ``model`` (its config without paths,
-    versions, dtype or private keys), so a checkpoint of another model is recognised before it is loaded."""
+    versions, dtype, private keys or the keys the Trainer rewrites), so a checkpoint of another model is recognised
+    before it is loaded.
+
+    Left out besides: ``use_cache`` (``Trainer.__init__`` sets it from the arguments) and ``bos/eos/pad_token_id``
+    (``Trainer.train`` aligns them with the tokenizer's, after a resume's check but before any save): a checkpoint
+    folder whose config lacks the tokenizer's ids would otherwise never match its own checkpoints.
+    """
     import hashlib
 
     def plain(value: Any) -> Any:
         if isinstance(value, dict):
             return {str(k): plain(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))
-                    if not str(k).startswith("_") and str(k) not in ("transformers_version", "dtype", "torch_dtype",
-                                                           "name_or_path", "architectures")}
+                    if not str(k).startswith("_") and str(k) not in _NOT_ARCHITECTURE}
         if isinstance(value, (list, tuple)):
             return [plain(v) for v in value]
         return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)

@@ -73,6 +73,7 @@ from pepo.resume import (
 )
 from pepo.token_stats import PendingTokenStats, micro_batch_stats
 from pepo.weights import rows_without_image
+from pepo.vllm_colocate import VLLMEngineArguments, colocate_engine_options
 
 __all__ = ["METHODS", "PRESETS", "PEPOConfig", "PEPOTrainer"]
 
@@ -92,7 +93,8 @@ _SCORE_TYPES = ("cosine", "dot", "l2", "l1", "cosine_to_mean")  # pepo.weights S
 
 
 @dataclass
-class PEPOConfig(GRPOConfig, PerceptionArguments, TokenViewArguments, VGPOArguments, ClipCovArguments):
+class PEPOConfig(GRPOConfig, PerceptionArguments, TokenViewArguments, VGPOArguments, ClipCovArguments,
+                 VLLMEngineArguments):
     """GRPOConfig plus PEPO's options. Every GRPOConfig field keeps its TRL meaning.
 
     Defaults follow the paper's public release at commit 2b1e788 (alpha 0.05, tau 1.8, cosine,
@@ -204,6 +206,7 @@ class PEPOConfig(GRPOConfig, PerceptionArguments, TokenViewArguments, VGPOArgume
         if method.needs_masked_forward:
             self.check_perception()  # pepo.perception_trainer
         method.configure(self)
+        self.check_vllm_engine()  # pepo.vllm_colocate: vllm_dtype / vllm_enforce_eager
         if self.max_dynamic_sampling_rounds < 1:
             raise ValueError(f"max_dynamic_sampling_rounds must be >= 1, got {self.max_dynamic_sampling_rounds}.")
         if self.dynamic_sampling_filter in (None, "") or not isinstance(self.dynamic_sampling_filter, str):
@@ -348,7 +351,8 @@ class PEPOTrainer(TokenViewMixin, PerceptionMixin, GRPOTrainer):
         from pepo.models.special_tokens import ban_multimodal_tokens_in_args  # never sample an image/video token
 
         ban_multimodal_tokens_in_args(training_args, model, kwargs.get("processing_class", args[4] if len(args) > 4 else None))
-        with _reference_is_snapshot_of(model, training_args, kwargs.get("peft_config")):
+        with _reference_is_snapshot_of(model, training_args, kwargs.get("peft_config")), \
+                colocate_engine_options(training_args):  # vllm_dtype / vllm_enforce_eager reach TRL's vllm.LLM
             super().__init__(model, *args, **kwargs)
         if not isinstance(self.args, PEPOConfig):
             raise TypeError(f"PEPOTrainer needs `args` to be a PEPOConfig, got {type(self.args).__name__}.")
