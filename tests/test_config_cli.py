@@ -266,3 +266,30 @@ def test_max_prompt_length_is_refused_with_what_replaces_it(tmp_path):
     recipe.write_text("max_prompt_length: 512\n")
     with pytest.raises(ConfigError, match=r"unknown config key `max_prompt_length`\. TRL 1\.16 removed it"):
         load_yaml(recipe)
+
+
+def test_embedded_model_with_vllm_names_its_saved_folder(tmp_path, monkeypatch):
+    # TRL builds vLLM from model.name_or_path: a model built in code has none ('' sends vLLM to the hub), so the
+    # trainer must get the folder the warm-started model was saved to, holding exactly these weights.
+    import pepo.run
+    from transformers import AutoModelForImageTextToText
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_trainer(model, args, **kwargs):
+        seen["path"], seen["config_path"], seen["use_vllm"] = model.name_or_path, model.config.name_or_path, args.use_vllm
+        seen["state"] = {k: v.clone() for k, v in model.state_dict().items()}
+        raise Stop
+
+    monkeypatch.setattr(pepo.run, "PEPOTrainer", fake_trainer)
+    out = tmp_path / "run"
+    with pytest.raises(Stop):
+        main(["demo", "--num_train", "40", "--num_test", "4", "--warm_start_steps", "2", "--warm_start_target", "0",
+              "--warm_start_min_accuracy", "0", "--max_steps", "1", "--output_dir", str(out),
+              "--use_vllm", "true", "--vllm_mode", "colocate"])
+    assert seen["use_vllm"] and seen["path"] == seen["config_path"] == str(out / "warm_start")
+    saved = AutoModelForImageTextToText.from_pretrained(seen["path"]).state_dict()
+    assert max((saved[k] - v).abs().max().item() for k, v in seen["state"].items() if k in saved) == 0.0

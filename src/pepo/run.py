@@ -479,6 +479,14 @@ def _run_training(script_args: ScriptArguments, training_args: PEPOConfig, log: 
             # pre_rl.json is written last: it is what makes warm_start/ count (a resume reuses both)
             _write_json_atomic(out / _PRE_RL, {"before_rl": before, "warm_start_steps": ws_steps,
                                                "model": _WARM_START_DIR if built_in_code else None}, fault="pre_rl")
+        if training_args.use_vllm and script_args.model_name_or_path == EMBEDDED:
+            # TRL builds vLLM from model.name_or_path, which a model built in code does not have ('' would
+            # send vLLM to the hub): point it at the folder the main process just saved
+            if training_args.world_size > 1:
+                from accelerate import PartialState
+
+                PartialState().wait_for_everyone()
+            model.name_or_path = model.config.name_or_path = str(out / _WARM_START_DIR)
     from pepo.models.loading import image_token_id
 
     image_token_id(model, processor, image_token=training_args.image_token)  # fails early, naming the fix
