@@ -88,6 +88,24 @@ def test_paired_comparison_and_report(tmp_path):
     assert "| pepo | seed | 3 | +7.7 ± 2.2 | 0 | 0.70 | 1.40x |" in text
     assert "### pepo, RL seed = seed" in text and "+1.67 ± 1.45" in text and "2/3" in text
     assert "runs that lost accuracy: 0" in text
+    # an explicit pair besides the baseline: dapo gains 4, 4, 4; pepo_d 5, 3, 7 -> differences 1, -1, 3
+    for seed, (d, e) in enumerate([(0.04, 0.05), (0.04, 0.03), (0.04, 0.07)]):
+        _fake_run(tmp_path / run_name("dapo", seed, 0), "dapo", seed, seed, 0.40, 0.40 + d)
+        _fake_run(tmp_path / run_name("pepo_d", seed, 0), "pepo_d", seed, seed, 0.40, 0.40 + e)
+    text = report(tmp_path, baseline="grpo", pairs=[("dapo", "pepo_d")])
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "| seed |" in line and "±" in line
+            and line.count("|") == 10]
+    # vs grpo: dapo (gains 4,4,4 vs 10,2,6: diffs -6,2,-2 -> p 0.5), pepo (p 0.5), pepo_d (diffs -5,1,1 -> p 0.75);
+    # dapo:pepo_d diffs 1,-1,3: |S| >= 3 for sums 3, 5, 3 and their negatives -> p 6/8; Holm: all capped at 1
+    assert [r.split(" | ")[:2] for r in rows] == [["| dapo", "grpo"], ["| pepo", "grpo"], ["| pepo_d", "grpo"],
+                                                  ["| pepo_d", "dapo"]]
+    assert "| pepo_d | dapo | seed | 3 | +1.00 ± 1.15 | 0.87 | 0.750 | 1.000 | 2/3 |" in text
+
+
+def test_holm_literal():
+    # sorted 0.01, 0.02, 0.04 (n = 3): 3 * 0.01 = 0.03, max(0.03, 2 * 0.02) = 0.04, max(0.04, 0.04) = 0.04
+    assert study.holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    assert study.holm([0.5, float("nan")])[0] == pytest.approx(0.5)
 
 
 def test_runner_warms_each_seed_once_and_resumes(tmp_path, monkeypatch):

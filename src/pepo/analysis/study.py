@@ -2,7 +2,7 @@
 
     python -m pepo.analysis.study run --out runs/study --methods grpo pepo --seeds 0 1 2 3 4 --jobs 2
     python -m pepo.analysis.study run --out runs/study --methods grpo pepo --seeds 0 1 2 3 4 --rl_seed_offset 100
-    python -m pepo.analysis.study report runs/study --baseline grpo > docs/demo_study.md
+    python -m pepo.analysis.study report runs/study --baseline grpo --pair dapo:pepo_d > docs/demo_study.md
 
 ``run`` launches ``pepo demo --seed S --method M`` for every pair, ``--jobs`` at a time, each with one torch
 thread. All methods of a seed start from the same warm start, trained once and saved under
@@ -33,7 +33,7 @@ from typing import Sequence
 from pepo.analysis.seeds import gain_summary, load_results, markdown_table
 from pepo.environment import environment_line
 
-__all__ = ["run_name", "paired_comparison", "mean_step_time", "report", "main"]
+__all__ = ["run_name", "paired_comparison", "holm", "mean_step_time", "report", "main"]
 
 
 def run_name(method: str, seed: int, rl_seed_offset: int) -> str:
@@ -159,8 +159,22 @@ def _summary_table(groups: dict[tuple[str, int], list[dict]], baseline: str | No
     return lines
 
 
-def report(out: Path, baseline: str | None = None) -> str:
-    """The Markdown report of a study folder (see the module docstring)."""
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the input order (NaN stays NaN and is not counted)."""
+    finite = sorted((p, i) for i, p in enumerate(p_values) if p == p)
+    out = [float("nan")] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(finite):
+        running = max(running, min(1.0, (len(finite) - rank) * p))
+        out[i] = running
+    return out
+
+
+def report(out: Path, baseline: str | None = None, pairs: Sequence[tuple[str, str]] = ()) -> str:
+    """The Markdown report of a study folder (see the module docstring).
+
+    ``baseline``: pair every other method against it; ``pairs``: more ``(baseline, method)`` comparisons.
+    """
     groups = _group(out)
     if not groups:
         raise FileNotFoundError(f"no finished runs (*/results.json) under {out}")
@@ -177,18 +191,27 @@ def report(out: Path, baseline: str | None = None) -> str:
                   f"gain > 3 s.e.: {'yes' if s['mean_gain'] > 3 * s['stderr'] else 'no'}; "
                   f"runs that lost accuracy: {losers}; mean train time "
                   f"{sum(r['seconds'] for r in rs) / len(rs):.0f} s"]
-    if baseline:
-        lines += ["", f"### Paired by (seed, RL seed) against {baseline}", "",
-                  "| method | RL seed | pairs | gain - baseline gain (points) | paired t | sign-flip p | method better |",
-                  "|---|---|---|---|---|---|---|"]
-        for (method, offset), rs in sorted(groups.items()):
-            base = groups.get((baseline, offset))
-            if method == baseline or not base:
-                continue
-            c = paired_comparison(base, rs)
-            lines.append(f"| {method} | seed{' + ' + str(offset) if offset else ''} | {c['n']} | "
+    comparisons = [(baseline, method) for (method, _) in sorted(groups) if baseline and method != baseline]
+    comparisons += [pair for pair in pairs if pair not in comparisons]
+    rows = []
+    for base_method, method in dict.fromkeys(comparisons):
+        for (m, offset), rs in sorted(groups.items()):
+            base = groups.get((base_method, offset))
+            if m == method and base:
+                rows.append((method, base_method, offset, paired_comparison(base, rs)))
+    if rows:
+        adjusted = holm([c["p_sign_flip"] for *_, c in rows])
+        lines += ["", "### Paired by (seed, RL seed)", "",
+                  f"Each row: the method's gain minus its baseline's, over the runs both have; exact two-sided sign-flip "
+                  f"test, and Holm's adjustment over the {len(rows)} comparisons of this table. With n pairs the "
+                  f"smallest possible p is 2 / 2^n (n = 5: 0.0625, n = 6: 0.031).", "",
+                  "| method | baseline | RL seed | pairs | gain - baseline gain (points) | paired t | sign-flip p "
+                  "| Holm p | method better |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for (method, base_method, offset, c), p_holm in zip(rows, adjusted):
+            lines.append(f"| {method} | {base_method} | seed{' + ' + str(offset) if offset else ''} | {c['n']} | "
                          f"{c['mean_diff']:+.2f} ± {c['stderr']:.2f} | {c['t']:.2f} | {c['p_sign_flip']:.3f} | "
-                         f"{c['b_better']}/{c['n']} |")
+                         f"{p_holm:.3f} | {c['b_better']}/{c['n']} |")
     return "\n".join(lines)
 
 
@@ -207,6 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("report", help="print the Markdown tables of a study folder")
     p.add_argument("out", type=Path)
     p.add_argument("--baseline", default=None, help="method to pair every other method against, e.g. grpo")
+    p.add_argument("--pair", nargs="+", default=[], metavar="BASELINE:METHOD",
+                   help="more paired comparisons, e.g. dapo:pepo_d")
     args = parser.parse_args(argv)
     if args.command == "run":
         from pepo.methods import builtin_methods, get_method
@@ -222,7 +247,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "plain name (entry point `pepo.methods`) to study it.")
         extra = [a for a in args.extra if a != "--"]
         return _run_all(args.out, methods, args.seeds, args.rl_seed_offset, args.jobs, extra)
-    print(report(args.out, args.baseline))
+    pairs = []
+    for spec in getattr(args, "pair", []):
+        if spec.count(":") != 1 or not all(spec.split(":")):
+            parser.error(f"--pair {spec!r}: write BASELINE:METHOD, e.g. dapo:pepo_d")
+        pairs.append(tuple(spec.split(":")))
+    print(report(args.out, args.baseline, pairs))
     return 0
 
 
