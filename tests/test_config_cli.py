@@ -293,3 +293,12 @@ def test_embedded_model_with_vllm_names_its_saved_folder(tmp_path, monkeypatch):
     assert seen["use_vllm"] and seen["path"] == seen["config_path"] == str(out / "warm_start")
     saved = AutoModelForImageTextToText.from_pretrained(seen["path"]).state_dict()
     assert max((saved[k] - v).abs().max().item() for k, v in seen["state"].items() if k in saved) == 0.0
+
+
+def test_num_test_zero_means_no_held_out_split():
+    # an empty test split used to fail validation ("column 'images' missing") before anything ran
+    from pepo.data.loading import load_data
+
+    script_args, _ = parse_train_args(["--num_train", "12", "--num_test", "0"], base=load_yaml(demo_recipe_path()))
+    loaded = load_data(script_args, log=None)
+    assert list(loaded.splits) == ["train"] and len(loaded.splits["train"]) == 12

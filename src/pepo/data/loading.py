@@ -76,8 +76,9 @@ def _synthetic(args: Any, seed: int, dataset_format: str) -> LoadedData:
     from pepo.data.synthetic import make_splits
 
     raw = make_splits(args.num_train, args.num_test, seed=seed)
+    # --num_test 0: no held-out split (nothing scored before / after RL), not an empty one that fails validation
     out = DatasetDict({name: split.map(lambda r: {"images": [r["image"]]}, remove_columns=["image"])
-                       for name, split in raw.items()})
+                       for name, split in raw.items() if len(split)})
     for name, split in out.items():
         validate_rl_rows(split, name)
     return LoadedData(out, {name: 0 for name in out}, "synthetic", "synthetic", "drawn in code",
