@@ -83,9 +83,15 @@ def evaluate_accuracy(
     Returns:
         ``{"overall": accuracy in [0, 1], "n": rows, <question_type>: accuracy, ...}``.
     """
-    outs = generate_completions(
-        model, processor, dataset["prompt"], dataset["images"], max_new_tokens, desc=desc, show_progress=show_progress
-    )
+    from pepo.trainer import _zero3_gathered
+
+    # DeepSpeed ZeRO-3 (zero3_init_flag): the parameters are empty local partitions; generate needs them whole
+    # (measured without this: "weight should have at least three dimensions" in the vision patch embedding).
+    with _zero3_gathered(model):
+        outs = generate_completions(
+            model, processor, dataset["prompt"], dataset["images"], max_new_tokens, desc=desc,
+            show_progress=show_progress,
+        )
     columns = {k: dataset[k] for k in dataset.column_names if k not in ("prompt", "images")}
     scores = reward(completions=[o[0] for o in outs], **columns)
     result = {"overall": sum(scores) / len(scores), "n": float(len(scores))}
