@@ -72,7 +72,7 @@ from pepo.resume import (
     write_marker,
 )
 from pepo.token_stats import PendingTokenStats, micro_batch_stats
-from pepo.weights import rows_without_image
+from pepo.weights import PROTOTYPE_SCORE_TYPES, SCORE_TYPES, rows_without_image
 from pepo.vllm_colocate import VLLMEngineArguments, colocate_engine_options
 
 __all__ = ["METHODS", "PRESETS", "PEPOConfig", "PEPOTrainer"]
@@ -89,7 +89,7 @@ _UNSET_DEFAULTS: dict[str, Any] = {
     "dynamic_sampling": False,
     "dynamic_sampling_filter": "total",
 }
-_SCORE_TYPES = ("cosine", "dot", "l2", "l1", "cosine_to_mean")  # pepo.weights SCORE_TYPES + PROTOTYPE_SCORE_TYPES
+_SCORE_TYPES = SCORE_TYPES + PROTOTYPE_SCORE_TYPES  # what pepo.weights.layer_similarity computes
 
 
 @dataclass
